@@ -1,1 +1,1 @@
-
+"""Pipeline definitions: which stages run and which streams connect them."""

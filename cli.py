@@ -1,0 +1,168 @@
+"""The `sentistream` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
+
+log = logging.getLogger("sentistream")
+
+
+def _parse_source(value: str) -> dict[str, Any]:
+    """demo | webcam[:N] | file:PATH | PATH | none  ->  [source] overrides."""
+    if value == "demo":
+        return {"kind": "demo"}
+    if value == "none":
+        return {"kind": "none"}
+    if value == "webcam" or value.startswith("webcam:"):
+        index = value.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise SystemExit(f"error: --source {value}: the camera index must be a number (e.g. webcam:0)")
+        return {"kind": "webcam", "camera_index": int(index)}
+    path = value[5:] if value.startswith("file:") else value
+    return {"kind": "file", "path": str(Path(path).expanduser().resolve())}
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    source: dict[str, Any] = {}
+    if args.source:
+        source.update(_parse_source(args.source))
+    if args.mic is not None:
+        source["microphone"] = args.mic
+    if args.duration is not None:
+        source["duration_s"] = float(args.duration)
+    if args.pace:
+        source["pace"] = args.pace
+    if args.loop:
+        source["loop"] = True
+    overrides: dict[str, Any] = {}
+    if source:
+        overrides["source"] = source
+    if args.events:
+        overrides["transport"] = {"events_address": args.events}
+    if args.model:
+        overrides["fusion"] = {"model": args.model}
+    return overrides
+
+
+def _preflight_devices(cfg) -> str | None:
+    """Fail fast, in one line, when a live device is missing (before any stage starts)."""
+    src = cfg.source
+    if src.kind == "webcam":
+        import cv2
+
+        cap = cv2.VideoCapture(src.camera_index)
+        ok = cap.isOpened()
+        cap.release()
+        if not ok:
+            return (
+                f"camera {src.camera_index} could not be opened (no /dev/video{src.camera_index} or it is busy); "
+                "try --source webcam:N with another index, `sentistream doctor` to list devices, or --source demo"
+            )
+    if src.microphone:
+        try:
+            import sounddevice as sd
+        except OSError as exc:
+            return f"microphone {src.microphone!r}: PortAudio is missing ({exc}); apt-get install libportaudio2"
+        device = None if src.microphone == "default" else (int(src.microphone) if src.microphone.isdigit() else src.microphone)
+        try:
+            sd.check_input_settings(device=device, channels=1, samplerate=src.sample_rate, dtype="float32")
+        except Exception as exc:
+            return (
+                f"microphone {src.microphone!r} could not be opened: {exc}; "
+                "list devices with `sentistream doctor`, pass --mic NAME_OR_INDEX, or use --source demo"
+            )
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sentistream.engine.config import ConfigError, load_config
+    from sentistream.engine.supervisor import Supervisor
+    from sentistream.engine.view import EventView
+    from sentistream.pipelines.standard import standard_pipeline
+
+    try:
+        cfg = load_config(args.config, _run_overrides(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    problem = _preflight_devices(cfg)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 3
+    if cfg.source.kind == "file" and not Path(cfg.source.path).is_file():
+        print(f"error: media file not found: {cfg.source.path}", file=sys.stderr)
+        return 2
+    try:
+        pipeline = standard_pipeline(cfg)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    params = {"sink": {"jsonl": str(Path(args.jsonl).resolve()) if args.jsonl else ""}}
+    if args.jsonl:
+        Path(args.jsonl).write_text("")  # a fresh file per run; a restarted sink appends
+    supervisor = Supervisor(pipeline, cfg, params)
+    view = EventView(mode=args.view, events_address=supervisor.events_address)
+    with view:
+        result = supervisor.run(on_event=view.on_event, on_status=view.on_status)
+    view.summary(result)
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from sentistream.engine.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sentistream", description="Streaming multimodal sentiment engine.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the live graph on a source and stream sentiment events")
+    run.add_argument("--source", default=None, help="demo | webcam[:N] | file:PATH | PATH | none (default: demo)")
+    run.add_argument("--mic", default=None, help="microphone: 'default', a name or an index (live sessions)")
+    run.add_argument("--duration", type=float, default=None, help="stop after S seconds of stream time")
+    run.add_argument("--jsonl", default=None, help="write every event as a JSON line to FILE")
+    run.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml")
+    run.add_argument("--pace", choices=["realtime", "fast"], default=None, help="file replay pace")
+    run.add_argument("--loop", action="store_true", help="replay the file from the start when it ends")
+    run.add_argument("--events", default=None, help="address to publish events on, e.g. tcp://127.0.0.1:5557")
+    run.add_argument("--model", default=None, help="fusion model: 'default' or a zoo name")
+    run.add_argument(
+        "--view", choices=["auto", "live", "lines", "none"], default="auto", help="terminal output (auto: live on a TTY)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    conf = sub.add_parser("config", help="print the effective configuration (checks every key)")
+    conf.add_argument("--config", default=None)
+    conf.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ["SENTISTREAM_LOG_LEVEL"] = logging.getLevelName(max(level, logging.DEBUG))
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Typed engine configuration, loaded strictly from TOML.
+
+Every section is a dataclass; a key that no dataclass declares is refused
+with its full dotted name, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used (unknown key, wrong type, bad value)."""
+
+
+@dataclass
+class TransportConfig:
+    transport: str = "ipc"  # "ipc" on one host, "tcp" across hosts
+    bind_host: str = "127.0.0.1"  # loopback unless configured otherwise
+    hwm: int = 1000  # high-water mark for audio, features, words, events
+    video_hwm: int = 4  # video is conflated: only the newest frames matter
+    events_address: str = "auto"  # where agents subscribe; "auto" picks a free loopback port
+
+
+@dataclass
+class SupervisorConfig:
+    ready_timeout_s: float = 180.0
+    restart_backoff_s: float = 0.2
+    restart_backoff_max_s: float = 10.0
+    stable_after_s: float = 10.0  # uptime after which a crash resets the back-off
+    stats_interval_s: float = 1.0
+    stop_timeout_s: float = 5.0
+    drain_timeout_s: float = 60.0  # after the source ends, how long to wait for the last event
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "demo"  # "demo" | "file" | "webcam" | "none"
+    path: str = ""  # media file for kind = "file"
+    camera_index: int = 0
+    microphone: str = ""  # "" = no microphone, "default" or a sounddevice name/index
+    pace: str = "realtime"  # "realtime" | "fast" (files only)
+    loop: bool = False  # replay a file from the start when it ends
+    duration_s: float = 0.0  # 0 = until the media ends (or Ctrl-C for live sources)
+    width: int = 640
+    height: int = 480
+    fps: float = 15.0
+    sample_rate: int = 16000
+    audio_chunk_ms: int = 100
+
+
+@dataclass
+class WindowConfig:
+    length_s: float = 3.0
+    hop_s: float = 0.25
+    # The model reads committed words up to this far back: ASR commits words a
+    # second or more after they are spoken, later than audio and video arrive.
+    text_lookback_s: float = 8.0
+
+
+@dataclass
+class FusionConfig:
+    model: str = "default"  # "default" = the shipped checkpoint, else a registry name
+    checkpoint: str = ""  # safetensors file; "" = the shipped one for "default"
+    device: str = "cpu"
+    neutral_band: float = 0.5  # |score| below this is labelled neutral
+    max_audio_frames: int = 60  # 10 ms frames are averaged into at most this many steps
+    max_video_frames: int = 45
+    threads: int = 1  # torch intra-op threads: the other stages need the remaining cores
+
+
+def _perception_sections() -> dict[str, type]:
+    from sentistream.perception.asr import AsrOptions
+    from sentistream.perception.audio_features import AudioFeatureOptions
+    from sentistream.perception.face import FaceOptions
+    from sentistream.perception.text import TextEncoderOptions
+
+    return {
+        "face": FaceOptions,
+        "audio_features": AudioFeatureOptions,
+        "asr": AsrOptions,
+        "text": TextEncoderOptions,
+    }
+
+
+@dataclass
+class EngineConfig:
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    # Perception sections hold the perception modules' own option dataclasses.
+    face: Any = None
+    audio_features: Any = None
+    asr: Any = None
+    text: Any = None
+
+    def __post_init__(self) -> None:
+        for name, cls in _perception_sections().items():
+            if getattr(self, name) is None:
+                setattr(self, name, cls())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def validate(self) -> None:
+        if self.window.hop_s <= 0 or self.window.length_s < self.window.hop_s:
+            raise ConfigError("window: need 0 < hop_s <= length_s")
+        if self.transport.transport not in ("ipc", "tcp"):
+            raise ConfigError(f"transport.transport must be 'ipc' or 'tcp', not {self.transport.transport!r}")
+        if self.source.kind not in ("demo", "file", "webcam", "none"):
+            raise ConfigError(f"source.kind must be demo, file, webcam or none, not {self.source.kind!r}")
+        if self.source.pace not in ("realtime", "fast"):
+            raise ConfigError(f"source.pace must be 'realtime' or 'fast', not {self.source.pace!r}")
+        if self.source.sample_rate != 16000:
+            raise ConfigError("source.sample_rate: the ASR and feature stages expect 16000 Hz")
+
+
+def _section_types() -> dict[str, type]:
+    base = {f.name: f.type for f in dataclasses.fields(EngineConfig)}
+    types_ = {k: v for k, v in base.items() if isinstance(v, type)}
+    types_.update(
+        {
+            "transport": TransportConfig,
+            "supervisor": SupervisorConfig,
+            "source": SourceConfig,
+            "window": WindowConfig,
+            "fusion": FusionConfig,
+        }
+    )
+    types_.update(_perception_sections())
+    return types_
+
+
+def _coerce(value: Any, annotation: Any, dotted: str) -> Any:
+    """Check a TOML value against a dataclass field's annotation."""
+    if isinstance(annotation, str):
+        annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, Any)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(annotation):
+            if arm is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arm, dotted)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{dotted}: {value!r} does not match {annotation}")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{dotted}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{dotted}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{dotted}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj)) if not isinstance(obj, type) else {}
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}"
+        if key not in known:
+            raise ConfigError(f"unknown config key '{dotted}' (known in [{prefix}]: {', '.join(sorted(known))})")
+        setattr(obj, key, _coerce(value, hints.get(key, known[key].type), dotted))
+
+
+def config_from_dict(data: dict[str, Any], base: EngineConfig | None = None) -> EngineConfig:
+    cfg = base if base is not None else EngineConfig()
+    sections = _section_types()
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section '{section}' (known: {', '.join(sorted(sections))})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"'{section}' must be a table")
+        _apply(getattr(cfg, section), values, section)
+    cfg.validate()
+    return cfg
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("sentistream.configs").joinpath("default.toml")))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EngineConfig:
+    """Defaults <- configs/default.toml <- the user's file <- command-line overrides."""
+    cfg = EngineConfig()
+    for p in (default_config_path(), path):
+        if p is None:
+            continue
+        p = Path(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+        cfg = config_from_dict(data, cfg)
+    if overrides:
+        cfg = config_from_dict(overrides, cfg)
+    return cfg
+
+
+def config_to_dict(cfg: EngineConfig) -> dict[str, Any]:
+    return cfg.to_dict()

@@ -1,0 +1,340 @@
+"""The stage runtime: one stage = one OS process with its sockets and loop.
+
+A stage subscribes to the streams it consumes, publishes the streams it
+produces on one PUB socket (topics = stream names), reports readiness and
+counters to the supervisor, and never lets one bad message end the process:
+undecodable messages are counted as `malformed` and dropped, exceptions in a
+handler are logged and counted as `errors`.
+
+Drops are never silent: every message carries a per-stream sequence number,
+and a subscriber that sees a gap counts the missing messages as `dropped`
+(for video, whose newest frame wins, as `skipped_video`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import zmq
+
+from sentistream.engine.config import EngineConfig, config_from_dict
+from sentistream.engine.messages import Message, MessageError, decode, now_ns
+
+log = logging.getLogger("sentistream.stage")
+
+EXIT_OK = 0
+EXIT_FATAL = 3  # a device or configuration problem: restarting cannot help
+CONFLATED_STREAMS = frozenset({"video"})
+
+
+class FatalStageError(RuntimeError):
+    """An error that restarting the stage will not fix (missing device, bad file)."""
+
+
+@dataclass
+class StageSpec:
+    """Everything a worker process needs to run one stage (JSON on the command line)."""
+
+    name: str
+    kind: str
+    inputs: dict[str, str]  # stream -> address of the stage that publishes it
+    output_address: str  # where this stage's PUB socket binds ("" = publishes nothing)
+    control_address: str  # supervisor PULL: ready / stats / done / fatal
+    command_address: str  # supervisor PUB: start / stop
+    config: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    is_source: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "StageSpec":
+        return cls(**json.loads(text))
+
+
+@dataclass
+class StageCounters:
+    received: int = 0
+    published: int = 0
+    malformed: int = 0
+    errors: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    skipped_video: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        # not dataclasses.asdict: it cannot rebuild a defaultdict
+        return {
+            "received": self.received,
+            "published": self.published,
+            "malformed": self.malformed,
+            "errors": self.errors,
+            "dropped": dict(self.dropped),
+            "skipped_video": self.skipped_video,
+        }
+
+
+class Stage:
+    """Base class. Processors override `on_message`; sources override `produce`."""
+
+    def __init__(self, spec: StageSpec, config: EngineConfig | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.config = config if config is not None else config_from_dict(spec.config)
+        self.params = spec.params
+        self.counters = StageCounters()
+        self.stopping = False
+        self.t0_ns: int | None = None  # session start on the shared clock (from "start")
+        self._seq: dict[str, int] = defaultdict(int)
+        self._last_seq: dict[str, int] = {}
+        self._last_stats = 0.0
+        self.ctx = zmq.Context.instance()
+        self.pub: zmq.Socket | None = None
+        self.sub: zmq.Socket | None = None
+
+    # ---- hooks -------------------------------------------------------------
+    def setup(self) -> None:
+        """Load models, open devices. Runs before the stage reports ready."""
+
+    def on_message(self, msg: Message) -> None:
+        """Handle one decoded message (processors)."""
+
+    def on_eos(self, msg: Message) -> None:
+        """An input stream ended. Default: forward end-of-stream on every output."""
+        self.publish_eos(msg.t_media_s)
+
+    def on_idle(self) -> None:
+        """Called every loop turn (about every 20 ms without input)."""
+
+    def produce(self) -> None:
+        """Sources: publish until the media ends or `self.stopping`."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release models and devices."""
+
+    def stats_extra(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def output_streams(self) -> list[str]:
+        return list(self.params.get("outputs", []))
+
+    # ---- publishing --------------------------------------------------------
+    def publish(self, msg: Message) -> None:
+        if self.pub is None:
+            raise RuntimeError(f"stage {self.name} has no output socket")
+        msg.seq = self._seq[msg.stream]
+        self._seq[msg.stream] += 1
+        msg.trace.setdefault(self.name, now_ns())
+        # PUB never blocks: at the high-water mark ZeroMQ drops, and the
+        # subscriber's sequence check counts it.
+        self.pub.send_multipart(msg.encode(), copy=False)
+        self.counters.published += 1
+
+    def publish_eos(self, t_media_s: float, streams: list[str] | None = None) -> None:
+        for stream in streams or self.output_streams:
+            self.publish(Message("eos", stream, 0, now_ns(), t_media_s))
+
+    def media_time_now(self) -> float:
+        """Seconds since the session started, on the shared clock (live sources)."""
+        assert self.t0_ns is not None
+        return (now_ns() - self.t0_ns) / 1e9
+
+    # ---- control channel ---------------------------------------------------
+    def report(self, kind: str, **payload: Any) -> None:
+        body = {"stage": self.name, "type": kind, "pid": _pid(), **payload}
+        try:
+            self.control.send_string(json.dumps(body), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the supervisor is gone or busy; it will see the process state
+
+    def maybe_send_stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_stats >= self.config.supervisor.stats_interval_s:
+            self._last_stats = now
+            self.report("stats", counters=self.counters.snapshot(), **self.stats_extra())
+
+    def _poll_commands(self) -> None:
+        while True:
+            try:
+                frames = self.commands.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                body = json.loads(frames[-1])
+            except (ValueError, IndexError):
+                continue
+            if body.get("type") == "start" and self.t0_ns is None:
+                self.t0_ns = int(body["t0_ns"])
+            elif body.get("type") == "stop":
+                self.stopping = True
+
+    # ---- main loop ---------------------------------------------------------
+    def _open_sockets(self) -> None:
+        tcfg = self.config.transport
+        self.control = self.ctx.socket(zmq.PUSH)
+        self.control.setsockopt(zmq.LINGER, 1000)
+        self.control.setsockopt(zmq.SNDHWM, 1000)
+        self.control.connect(self.spec.control_address)
+        self.commands = self.ctx.socket(zmq.SUB)
+        self.commands.setsockopt(zmq.SUBSCRIBE, b"all")
+        self.commands.setsockopt(zmq.SUBSCRIBE, self.name.encode())
+        self.commands.connect(self.spec.command_address)
+        if self.spec.output_address:
+            self.pub = self.ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.SNDHWM, tcfg.video_hwm if self.output_streams == ["video"] else tcfg.hwm)
+            self.pub.setsockopt(zmq.LINGER, 500)
+            self.pub.bind(self.spec.output_address)
+        if self.spec.inputs:
+            self.sub = self.ctx.socket(zmq.SUB)
+            self.sub.setsockopt(zmq.RCVHWM, tcfg.hwm)
+            self.sub.setsockopt(zmq.LINGER, 0)
+            for stream, address in self.spec.inputs.items():
+                self.sub.setsockopt(zmq.SUBSCRIBE, stream.encode())
+                self.sub.connect(address)
+
+    def _track_sequence(self, msg: Message) -> None:
+        key = msg.stream
+        if msg.kind == "eos":
+            self._last_seq.pop(key, None)
+            return
+        last = self._last_seq.get(key)
+        if last is not None and msg.seq > last + 1:
+            missing = msg.seq - last - 1
+            if key in CONFLATED_STREAMS:
+                self.counters.skipped_video += missing
+            else:
+                self.counters.dropped[key] += missing
+                log.warning("%s: %d message(s) dropped on stream %r", self.name, missing, key)
+        # seq <= last means the publisher restarted: start counting afresh.
+        self._last_seq[key] = msg.seq
+
+    def _receive_batch(self, timeout_ms: int) -> list[Message]:
+        assert self.sub is not None
+        if not self.sub.poll(timeout_ms):
+            return []
+        batch: list[Message] = []
+        while len(batch) < 256:
+            try:
+                frames = self.sub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.counters.received += 1
+            try:
+                msg = decode(frames)
+            except MessageError as exc:
+                self.counters.malformed += 1
+                log.warning("%s: malformed message dropped: %s", self.name, exc)
+                continue
+            self._track_sequence(msg)
+            batch.append(msg)
+        # Video: the newest frame wins; older queued frames are skipped (counted).
+        newest_video: dict[str, int] = {}
+        for i, m in enumerate(batch):
+            if m.stream in CONFLATED_STREAMS and m.kind != "eos":
+                newest_video[m.stream] = i
+        kept = []
+        for i, m in enumerate(batch):
+            if m.stream in CONFLATED_STREAMS and m.kind != "eos" and newest_video[m.stream] != i:
+                self.counters.skipped_video += 1
+                continue
+            kept.append(m)
+        return kept
+
+    def _dispatch(self, msg: Message) -> None:
+        try:
+            if msg.kind == "eos":
+                self.on_eos(msg)
+            else:
+                self.on_message(msg)
+        except FatalStageError:
+            raise
+        except Exception:  # one bad message must not end the stage
+            self.counters.errors += 1
+            log.exception("%s: error while handling %s seq %d", self.name, msg.kind, msg.seq)
+
+    def _wait_for_start(self) -> None:
+        while self.t0_ns is None and not self.stopping:
+            self.report("waiting")
+            if self.commands.poll(200):
+                self._poll_commands()
+
+    def run(self) -> int:
+        _install_signal_handlers(self)
+        self._open_sockets()
+        try:
+            self.setup()
+        except FatalStageError as exc:
+            log.error("%s", exc)
+            self.report("fatal", error=str(exc))
+            time.sleep(0.2)
+            return EXIT_FATAL
+        # Let subscriptions propagate before data flows (ZeroMQ's slow joiner).
+        time.sleep(0.1)
+        self.report("ready")
+        try:
+            if self.spec.is_source:
+                if self.params.get("t0_ns"):
+                    self.t0_ns = int(self.params["t0_ns"])  # a restarted source rejoins the session
+                self._wait_for_start()
+                if not self.stopping:
+                    self.report("started")
+                    self.produce()
+                    self.maybe_send_stats(force=True)
+                    self.report("done")
+            else:
+                while not self.stopping:
+                    self._poll_commands()
+                    if self.sub is not None:
+                        for msg in self._receive_batch(20):
+                            self._dispatch(msg)
+                    else:
+                        time.sleep(0.02)
+                    self.on_idle()
+                    self.maybe_send_stats()
+                    if self.params.get("_finished"):
+                        break
+                self.maybe_send_stats(force=True)
+        except FatalStageError as exc:
+            log.error("%s", exc)
+            self.report("fatal", error=str(exc))
+            time.sleep(0.2)
+            return EXIT_FATAL
+        finally:
+            self.teardown()
+            for sock in (self.sub, self.pub, self.commands):
+                if sock is not None:
+                    sock.close(linger=200)
+            self.control.close(linger=500)
+        return EXIT_OK
+
+    def finish(self) -> None:
+        """Processors call this to leave the loop after their final output."""
+        self.params["_finished"] = True
+
+    # ---- helpers for sources -----------------------------------------------
+    def service(self) -> None:
+        """Sources call this often: commands and counters."""
+        self._poll_commands()
+        self.maybe_send_stats()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _install_signal_handlers(stage: Stage) -> None:
+    def _stop(signum: int, frame: Any) -> None:
+        stage.stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)

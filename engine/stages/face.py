@@ -1,0 +1,41 @@
+"""Face stage: video frames -> mediapipe face mesh -> a face feature vector per frame."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sentistream.engine.messages import Message
+from sentistream.engine.stage import Stage
+
+
+class FaceStage(Stage):
+    def setup(self) -> None:
+        from sentistream.perception.face import FaceFeatureExtractor
+
+        self.extractor = FaceFeatureExtractor(self.config.face)
+        self.last_t = -1.0
+
+    def on_message(self, msg: Message) -> None:
+        if msg.kind != "video_frame" or not msg.arrays:
+            return
+        if msg.t_media_s < self.last_t:  # the source restarted or looped: no deltas across it
+            self.extractor.reset()
+        self.last_t = msg.t_media_s
+        result = self.extractor.extract(msg.arrays[0])
+        self.publish(
+            Message(
+                "face_features",
+                "face",
+                0,
+                msg.t_capture_ns,
+                msg.t_media_s,
+                [np.asarray(result.features, dtype=np.float32)],
+                meta={"present": bool(result.present), "reason": result.reason},
+                trace=dict(msg.trace),
+            )
+        )
+
+    def teardown(self) -> None:
+        ex = getattr(self, "extractor", None)
+        if ex is not None:
+            ex.close()

@@ -1,0 +1,166 @@
+"""Fusion stage: gathers the latest window of each modality by stream time and
+emits one sentiment event per hop on a PUB socket (JSON in the message meta).
+
+The stream clock is the newest face or audio-feature time seen; each time it
+passes a hop boundary, the window ending there is cut and scored, so replaying
+a file faster than real time gives the same windows as a live session.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from sentistream.engine.messages import Message, now_ns
+from sentistream.engine.stage import Stage
+from sentistream.engine.windowing import WindowBuffer, WordSpan
+
+log = logging.getLogger("sentistream.fusion")
+
+EVENT_SCHEMA = "sentistream.event/1"
+
+
+def _ms(a_ns: int, b_ns: int) -> float:
+    return round((b_ns - a_ns) / 1e6, 3)
+
+
+class FusionStage(Stage):
+    def setup(self) -> None:
+        from sentistream.models.live import LiveModel
+        from sentistream.perception.audio_features import feature_dim
+        from sentistream.perception.face import FACE_FEATURE_DIM
+        from sentistream.perception.text import TextEncoder
+
+        import torch
+
+        torch.set_num_threads(max(1, self.config.fusion.threads))
+        w = self.config.window
+        self.audio_dim = feature_dim(self.config.audio_features)
+        self.buffer = WindowBuffer(
+            w.length_s, w.hop_s, FACE_FEATURE_DIM, self.audio_dim, text_lookback_s=w.text_lookback_s
+        )
+        self.new_words: list[WordSpan] = []  # committed since the previous event
+        self.model = LiveModel(self.config.fusion, TextEncoder(self.config.text), FACE_FEATURE_DIM, self.audio_dim)
+        self.model.warm_up()
+        self.expected_inputs = set(self.params.get("expected_inputs", []))
+        self.ended: set[str] = set()
+        self.clock = 0.0
+        self.event_seq = 0
+        # The newest message of each stream and when it arrived here (latency breakdown).
+        self.latest: dict[str, tuple[Message, int]] = {}
+        extra = self.params.get("events_address")
+        if extra and self.pub is not None:
+            self.pub.bind(extra)  # the public address agents and dashboards subscribe to
+
+    # ---- inputs ------------------------------------------------------------
+    def on_message(self, msg: Message) -> None:
+        arrived = now_ns()
+        if not self.latest and msg.kind in ("face_features", "audio_features"):
+            # First data (a fresh session, or this stage was restarted mid-session):
+            # windows start at the next hop boundary, never back at zero.
+            hop = self.buffer.hop_s
+            self.buffer.next_t1 = max(hop, math.ceil(msg.t_media_s / hop - 1e-9) * hop)
+        if msg.kind == "face_features" and msg.arrays:
+            self.buffer.add_vision(msg.t_media_s, msg.arrays[0], bool(msg.meta.get("present", False)))
+            self.clock = max(self.clock, msg.t_media_s)
+        elif msg.kind == "audio_features" and len(msg.arrays) == 2:
+            self.buffer.add_audio(msg.arrays[1], msg.arrays[0])
+            self.clock = max(self.clock, msg.t_media_s)
+        elif msg.kind == "words":
+            committed = [_word(w) for w in msg.meta.get("committed", [])]
+            partial = [_word(w) for w in msg.meta.get("partial", [])]
+            committed = [w for w in committed if w]
+            self.buffer.add_words(committed, [w for w in partial if w])
+            self.new_words.extend(committed)
+            if self.expected_inputs <= {"words"}:
+                self.clock = max(self.clock, msg.t_media_s)
+        else:
+            return
+        self.latest[msg.stream] = (msg, arrived)
+        self._emit_due()
+
+    def on_eos(self, msg: Message) -> None:
+        self.ended.add(msg.stream)
+        self.clock = max(self.clock, msg.t_media_s)
+        if self.expected_inputs and self.ended >= self.expected_inputs:
+            self._emit_due(final=True)
+            if self.new_words:
+                # Words committed after the last hop (the recogniser's final decode):
+                # one closing event re-scores the last window so no word is lost.
+                self._emit(self.buffer.next_t1 - self.buffer.hop_s, final=True)
+            self.publish_eos(self.clock)
+            self.ended.clear()
+
+    # ---- output ------------------------------------------------------------
+    def _emit_due(self, final: bool = False) -> None:
+        clock = self.clock + (self.buffer.hop_s * 0.5 if final else 0.0)
+        for t1 in self.buffer.due_windows(clock):
+            self._emit(t1)
+        self.buffer.prune(self.buffer.next_t1 - self.buffer.length_s - 1.0)
+
+    def _emit(self, t1: float, final: bool = False) -> None:
+        t_start = now_ns()
+        window = self.buffer.cut(t1)
+        pred = self.model.predict(window)
+        t_emit = now_ns()
+        event = {
+            "schema": EVENT_SCHEMA,
+            "seq": self.event_seq,
+            "window": {"t0": round(window.t0, 6), "t1": round(window.t1, 6)},
+            "score": round(pred.score, 4),
+            "label": pred.label,
+            "confidence": round(pred.confidence, 4),
+            "contributions": {k: round(v, 4) for k, v in pred.contributions.items()},
+            "modalities": {
+                "text": bool(window.context),
+                "audio": bool(window.audio.shape[0]),
+                "vision": bool(window.vision_present.any()) if window.vision_present.size else False,
+            },
+            "transcript": window.transcript,
+            "partial": " ".join(w.text.strip() for w in window.partial).strip(),
+            "words": [
+                {"text": w.text.strip(), "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3)}
+                for w in window.words
+            ],
+            "new_words": [
+                {"text": w.text.strip(), "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3)}
+                for w in self.new_words
+            ],
+            "context": window.context_text,
+            "model": self.model.describe(),
+            "latency_ms": self._latency(t_start, t_emit, pred),
+            "t_emit_ns": t_emit,
+        }
+        if final:
+            event["final"] = True
+        self.event_seq += 1
+        self.new_words = []
+        capture = max((m.t_capture_ns for m, _ in self.latest.values()), default=t_emit)
+        self.publish(Message("event", "events", 0, capture, t1, meta=event))
+
+    def _latency(self, t_start: int, t_emit: int, pred) -> dict:
+        """capture -> each stage -> emit, in ms, for the newest input of each stream."""
+        out: dict[str, object] = {}
+        for stream, (msg, arrived) in self.latest.items():
+            stages = {k: v for k, v in sorted(msg.trace.items(), key=lambda kv: kv[1])}
+            steps: dict[str, float] = {}
+            prev = msg.t_capture_ns
+            for stage_name, t in stages.items():
+                steps[stage_name] = _ms(prev, t)
+                prev = t
+            steps["to_fusion"] = _ms(prev, arrived)
+            steps["capture_to_emit"] = _ms(msg.t_capture_ns, t_emit)
+            out[stream] = steps
+        out["text_encoder"] = round(pred.text_ms, 3)
+        out["model"] = round(pred.model_ms, 3)
+        out["fusion"] = _ms(t_start, t_emit)
+        newest = max((m.t_capture_ns for m, _ in self.latest.values()), default=t_emit)
+        out["capture_to_emit"] = _ms(newest, t_emit)
+        return out
+
+
+def _word(d: dict) -> WordSpan | None:
+    try:
+        return WordSpan(str(d["text"]), float(d["start_s"]), float(d["end_s"]), float(d.get("probability", 1.0)))
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -1,0 +1,309 @@
+"""Source stages: a media file (or the bundled demo clip), a webcam, a microphone.
+
+Every source stamps each message with the shared monotonic clock at capture
+(`t_capture_ns`) and with its position on the session clock (`t_media_s`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from sentistream.engine.messages import Message, now_ns
+from sentistream.engine.stage import FatalStageError, Stage
+
+log = logging.getLogger("sentistream.sources")
+
+
+def demo_clip_path() -> Path:
+    return Path(str(resources.files("sentistream.assets").joinpath("demo.mp4")))
+
+
+class _AudioChunker:
+    """Cuts a sample stream into fixed chunks stamped by sample count (no jitter)."""
+
+    def __init__(self, sample_rate: int, chunk_ms: int) -> None:
+        self.sample_rate = sample_rate
+        self.chunk = max(1, sample_rate * chunk_ms // 1000)
+        self.pending = np.zeros(0, dtype=np.float32)
+        self.pending_t0 = 0.0
+
+    def push(self, samples: np.ndarray, t0: float) -> list[tuple[float, np.ndarray]]:
+        if self.pending.size == 0:
+            self.pending_t0 = t0
+        self.pending = np.concatenate([self.pending, samples.astype(np.float32, copy=False)])
+        out = []
+        while self.pending.size >= self.chunk:
+            out.append((self.pending_t0, self.pending[: self.chunk].copy()))
+            self.pending = self.pending[self.chunk :]
+            self.pending_t0 += self.chunk / self.sample_rate
+        return out
+
+    def flush(self) -> list[tuple[float, np.ndarray]]:
+        if self.pending.size == 0:
+            return []
+        out = [(self.pending_t0, self.pending.copy())]
+        self.pending = np.zeros(0, dtype=np.float32)
+        return out
+
+
+class FileSource(Stage):
+    """Replays a media file (video + audio track) at real-time pace or as fast as possible."""
+
+    def setup(self) -> None:
+        import av  # PyAV: demux + decode + resample in-process
+
+        src = self.config.source
+        self.path = Path(self.params.get("path") or (src.path if src.kind == "file" else demo_clip_path()))
+        if not self.path.is_file():
+            raise FatalStageError(f"media file not found: {self.path} (give an existing file or use --source demo)")
+        try:
+            with av.open(str(self.path)) as c:
+                self.has_video = bool(c.streams.video)
+                self.has_audio = bool(c.streams.audio)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise FatalStageError(f"cannot open media file {self.path}: {exc}") from None
+        if not (self.has_video or self.has_audio):
+            raise FatalStageError(f"media file {self.path} has neither a video nor an audio track")
+        self.media_pos = float(self.params.get("resume_from_s", 0.0))
+
+    def stats_extra(self) -> dict:
+        return {"t_media_s": self.media_pos}
+
+    def _pace(self, t_media: float) -> None:
+        if self.config.source.pace != "realtime":
+            return
+        assert self.t0_ns is not None
+        while not self.stopping:
+            wait = self.t0_ns / 1e9 + t_media - now_ns() / 1e9
+            if wait <= 0:
+                return
+            time.sleep(min(wait, 0.05))
+            self.service()
+
+    def produce(self) -> None:
+        src = self.config.source
+        duration = src.duration_s if src.duration_s > 0 else float("inf")
+        resume = self.media_pos
+        offset = 0.0
+        while not self.stopping:
+            length = self._play_once(offset, resume, duration)
+            if length <= 0 or not src.loop or offset + length >= duration:
+                break
+            offset += length
+        end = min(self.media_pos, duration if duration != float("inf") else self.media_pos)
+        self.publish_eos(end)
+
+    def _play_once(self, offset: float, resume: float, duration: float) -> float:
+        """Play the file once with media times shifted by `offset`; returns its length in s."""
+        import av
+
+        src = self.config.source
+        chunker = _AudioChunker(src.sample_rate, src.audio_chunk_ms)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=src.sample_rate)
+        audio_samples = 0  # the audio clock counts samples, not packet timestamps
+        last_t = 0.0
+        with av.open(str(self.path)) as container:
+            streams = [s for s in (container.streams.video[:1] + container.streams.audio[:1])]
+            for s in streams:
+                s.thread_type = "AUTO"
+            try:
+                for packet in container.demux(*streams):
+                    if self.stopping:
+                        break
+                    try:
+                        frames = packet.decode()
+                    except av.error.FFmpegError as exc:  # a corrupt packet: skip it, keep going
+                        self.counters.errors += 1
+                        log.warning("%s: undecodable packet skipped: %s", self.name, exc)
+                        continue
+                    for frame in frames:
+                        if isinstance(frame, av.VideoFrame):
+                            t = offset + float(frame.time or 0.0)
+                            last_t = max(last_t, t)
+                            if t >= duration:
+                                return offset + last_t
+                            if t < resume:
+                                continue
+                            self._pace(t)
+                            self._publish_video(frame, t)
+                        elif isinstance(frame, av.AudioFrame):
+                            for rf in resampler.resample(frame):
+                                samples = rf.to_ndarray().reshape(-1).astype(np.float32)
+                                t_first = offset + audio_samples / src.sample_rate
+                                audio_samples += samples.size
+                                for t, chunk in chunker.push(samples, t_first):
+                                    if t >= duration:
+                                        return duration
+                                    last_t = max(last_t, t + chunk.size / src.sample_rate)
+                                    if t < resume:
+                                        continue
+                                    self._pace(t)
+                                    self._publish_audio(chunk, t)
+                    self.service()
+            except av.error.FFmpegError as exc:
+                self.counters.errors += 1
+                log.warning("%s: media read stopped early: %s", self.name, exc)
+            if not self.stopping:
+                for rf in resampler.resample(None):
+                    samples = rf.to_ndarray().reshape(-1).astype(np.float32)
+                    t_first = offset + audio_samples / src.sample_rate
+                    audio_samples += samples.size
+                    for t, chunk in chunker.push(samples, t_first):
+                        if t < duration and t >= resume:
+                            self._publish_audio(chunk, t)
+                for t, chunk in chunker.flush():
+                    if t < duration and t >= resume:
+                        self._publish_audio(chunk, t)
+                        last_t = max(last_t, t + chunk.size / src.sample_rate)
+        return last_t - offset
+
+    def _publish_video(self, frame, t: float) -> None:
+        src = self.config.source
+        if frame.width > src.width or frame.height > src.height:
+            scale = min(src.width / frame.width, src.height / frame.height)
+            frame = frame.reformat(width=max(2, int(frame.width * scale)), height=max(2, int(frame.height * scale)))
+        rgb = frame.to_ndarray(format="rgb24")
+        self.media_pos = max(self.media_pos, t)
+        self.publish(Message("video_frame", "video", 0, now_ns(), t, [rgb]))
+
+    def _publish_audio(self, chunk: np.ndarray, t: float) -> None:
+        self.media_pos = max(self.media_pos, t)
+        self.publish(Message("audio_chunk", "audio", 0, now_ns(), t, [chunk]))
+
+
+class CameraSource(Stage):
+    """A webcam through OpenCV, by index."""
+
+    def setup(self) -> None:
+        import cv2
+
+        src = self.config.source
+        self.cap = cv2.VideoCapture(src.camera_index)
+        if not self.cap.isOpened():
+            raise FatalStageError(
+                f"camera {src.camera_index} could not be opened (no /dev/video{src.camera_index} or it is busy); "
+                "try another index with --source webcam:N, check `sentistream doctor`, or use --source demo"
+            )
+        self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, src.width)
+        self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, src.height)
+        self.cap.set(cv2.CAP_PROP_FPS, src.fps)
+
+    def produce(self) -> None:
+        import cv2
+
+        failures = 0
+        t_end = self.config.source.duration_s or float("inf")
+        while not self.stopping:
+            ok, bgr = self.cap.read()
+            t = self.media_time_now()
+            if t >= t_end:
+                break
+            if not ok or bgr is None:
+                failures += 1
+                if failures >= 50:  # about 2-5 s without a frame: the camera is gone
+                    log.error("%s: camera %d stopped delivering frames", self.name, self.config.source.camera_index)
+                    self.publish(Message("eos", "video", 0, now_ns(), t, meta={"reason": "device_lost"}))
+                    return
+                time.sleep(0.05)
+                self.service()
+                continue
+            failures = 0
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            self.publish(Message("video_frame", "video", 0, now_ns(), t, [rgb]))
+            self.service()
+        self.publish_eos(self.media_time_now())
+
+    def teardown(self) -> None:
+        cap = getattr(self, "cap", None)
+        if cap is not None:
+            cap.release()
+
+
+class MicrophoneSource(Stage):
+    """A microphone through sounddevice, 16 kHz mono float32."""
+
+    def setup(self) -> None:
+        src = self.config.source
+        device = self.params.get("microphone", src.microphone)
+        self.device_name = device
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # PortAudio missing
+            raise FatalStageError(
+                f"microphone {device!r}: the PortAudio library is missing ({exc}); install it "
+                "(apt-get install libportaudio2) or use --source demo"
+            ) from None
+        self.sd = sd
+        self.blocks: queue.Queue = queue.Queue(maxsize=1000)
+        self.overflows = 0
+        sd_device = None if device in ("", "default") else (int(device) if str(device).isdigit() else device)
+        try:
+            self.stream = sd.InputStream(
+                samplerate=src.sample_rate,
+                channels=1,
+                dtype="float32",
+                device=sd_device,
+                blocksize=src.sample_rate * src.audio_chunk_ms // 1000,
+                callback=self._callback,
+            )
+        except Exception as exc:  # PortAudioError, ValueError for unknown names
+            raise FatalStageError(
+                f"microphone {device!r} could not be opened: {exc}; list devices with "
+                "`python -m sounddevice` or `sentistream doctor`, pass --mic NAME_OR_INDEX, or use --source demo"
+            ) from None
+
+    def _callback(self, indata, frames, time_info, status) -> None:  # runs in PortAudio's thread
+        if status:
+            self.overflows += 1
+        try:
+            self.blocks.put_nowait(indata[:, 0].copy())
+        except queue.Full:
+            self.overflows += 1
+
+    def stats_extra(self) -> dict:
+        return {"overflows": self.overflows}
+
+    def produce(self) -> None:
+        src = self.config.source
+        t_end = src.duration_s or float("inf")
+        samples_seen = 0
+        t_start: float | None = None
+        silent_for = 0.0
+        self.stream.start()
+        try:
+            while not self.stopping:
+                try:
+                    block = self.blocks.get(timeout=0.1)
+                except queue.Empty:
+                    silent_for += 0.1
+                    if silent_for > 5.0:
+                        log.error("%s: microphone %r stopped delivering audio", self.name, self.device_name)
+                        self.publish(
+                            Message("eos", "audio", 0, now_ns(), self.media_time_now(), meta={"reason": "device_lost"})
+                        )
+                        return
+                    self.service()
+                    continue
+                silent_for = 0.0
+                if t_start is None:
+                    t_start = max(0.0, self.media_time_now() - block.size / src.sample_rate)
+                t = t_start + samples_seen / src.sample_rate
+                samples_seen += block.size
+                if t >= t_end:
+                    break
+                self.publish(Message("audio_chunk", "audio", 0, now_ns(), t, [block.astype(np.float32)]))
+                self.service()
+        finally:
+            self.stream.stop()
+        self.publish_eos(self.media_time_now())
+
+    def teardown(self) -> None:
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.close()

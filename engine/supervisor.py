@@ -1,0 +1,355 @@
+"""The supervisor: starts each stage as its own process, wires the sockets,
+restarts a stage that dies (with back-off), and stops everything cleanly.
+
+Control plane (JSON, never pickle):
+    stages  --PUSH-->  supervisor PULL   ready / waiting / started / stats / done / fatal
+    supervisor PUB --> stages SUB        start {t0_ns} / stop   (topic "all" or a stage name)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from sentistream.engine.config import EngineConfig
+from sentistream.engine.messages import MessageError, decode, now_ns
+from sentistream.engine.stage import EXIT_FATAL, StageSpec
+from sentistream.pipelines.definition import Pipeline, StageDef
+
+log = logging.getLogger("sentistream.supervisor")
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class StageProcess:
+    definition: StageDef
+    spec: StageSpec
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    consecutive_failures: int = 0
+    restart_due: float | None = None
+    ready: bool = False
+    started: bool = False  # sources: began producing
+    done: bool = False
+    last_stats: dict[str, Any] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    events: int
+    restarts: dict[str, int]
+    stats: dict[str, dict[str, Any]]
+    error: str = ""
+
+
+class Supervisor:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        config: EngineConfig,
+        stage_params: dict[str, dict[str, Any]] | None = None,
+        run_dir: str | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.stage_params = stage_params or {}
+        self._own_run_dir = run_dir is None
+        self.run_dir = run_dir or tempfile.mkdtemp(prefix="sentistream-")
+        self.ctx = zmq.Context.instance()
+        self.stopping = False
+        self.error = ""
+        self.events_seen = 0
+        self._stop_reason = ""
+        self.stages: dict[str, StageProcess] = {}
+        self.events_address = self._events_address()
+        self._build_specs()
+
+    # ---- wiring ------------------------------------------------------------
+    def _address(self, name: str) -> str:
+        t = self.config.transport
+        if t.transport == "ipc":
+            return f"ipc://{os.path.join(self.run_dir, name + '.sock')}"
+        return f"tcp://{t.bind_host}:{free_tcp_port(t.bind_host)}"
+
+    def _events_address(self) -> str:
+        addr = self.config.transport.events_address
+        if addr == "auto":
+            return f"tcp://127.0.0.1:{free_tcp_port('127.0.0.1')}"
+        return addr
+
+    def _build_specs(self) -> None:
+        self.control_address = self._address("control")
+        self.command_address = self._address("command")
+        outputs = {s.name: (self._address(s.name) if s.outputs else "") for s in self.pipeline.stages}
+        producers = self.pipeline.producers()
+        cfg = self.config.to_dict()
+        for s in self.pipeline.stages:
+            params = {**s.params, **self.stage_params.get(s.name, {}), "outputs": list(s.outputs)}
+            if s.kind == "fusion":
+                params["events_address"] = self.events_address
+                params["expected_inputs"] = list(s.inputs)
+            spec = StageSpec(
+                name=s.name,
+                kind=s.kind,
+                inputs={stream: outputs[producers[stream]] for stream in s.inputs},
+                output_address=outputs[s.name],
+                control_address=self.control_address,
+                command_address=self.command_address,
+                config=cfg,
+                params=params,
+                is_source=s.is_source,
+            )
+            self.stages[s.name] = StageProcess(s, spec)
+
+    # ---- processes ---------------------------------------------------------
+    def _spawn(self, sp: StageProcess) -> None:
+        env = dict(os.environ)
+        env["SENTISTREAM_PARENT_PID"] = str(os.getpid())
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        sp.proc = subprocess.Popen(
+            [sys.executable, "-m", "sentistream.engine.worker", sp.spec.to_json()],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            # Own session: a terminal's Ctrl-C reaches only the supervisor, which
+            # then stops the stages in order instead of racing their restarts.
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        sp.pids.append(sp.proc.pid)
+        sp.started_at = time.monotonic()
+        sp.ready = sp.started = False
+        log.info("started stage %s (pid %d)", sp.spec.name, sp.proc.pid)
+
+    def _restart_later(self, sp: StageProcess, code: int) -> None:
+        cfg = self.config.supervisor
+        uptime = time.monotonic() - sp.started_at
+        if uptime >= cfg.stable_after_s:
+            sp.consecutive_failures = 0
+        delay = min(cfg.restart_backoff_max_s, cfg.restart_backoff_s * (2**sp.consecutive_failures))
+        sp.consecutive_failures += 1
+        sp.restart_due = time.monotonic() + delay
+        level = logging.WARNING if sp.consecutive_failures < 3 else logging.ERROR
+        log.log(
+            level,
+            "stage %s exited with code %s after %.1f s; restarting in %.2f s (failure %d in a row)",
+            sp.spec.name,
+            code,
+            uptime,
+            delay,
+            sp.consecutive_failures,
+        )
+
+    def _check_processes(self) -> None:
+        now = time.monotonic()
+        for sp in self.stages.values():
+            if sp.proc is None:
+                if sp.restart_due is not None and now >= sp.restart_due and not self.stopping:
+                    sp.restart_due = None
+                    sp.restarts += 1
+                    if sp.spec.is_source and self.t0_ns is not None:
+                        # A restarted source rejoins the session clock where it left off.
+                        sp.spec.params["t0_ns"] = self.t0_ns
+                        sp.spec.params["resume_from_s"] = float(sp.last_stats.get("t_media_s", 0.0))
+                    self._spawn(sp)
+                continue
+            code = sp.proc.poll()
+            if code is None:
+                continue
+            sp.proc = None
+            if self.stopping:
+                continue
+            if code == EXIT_FATAL:
+                self.error = self.error or f"stage {sp.spec.name} failed and cannot be restarted"
+                self.stop("fatal")
+            elif code == 0 and (sp.done or sp.definition.kind == "sink"):
+                sp.done = True
+            else:
+                self._restart_later(sp, code)
+
+    # ---- control plane -----------------------------------------------------
+    def _handle_control(self, body: dict[str, Any]) -> None:
+        sp = self.stages.get(str(body.get("stage")))
+        if sp is None:
+            return
+        kind = body.get("type")
+        if kind == "ready":
+            sp.ready = True
+        elif kind == "started":
+            sp.started = True
+        elif kind == "stats":
+            prev = sp.last_stats.get("counters", {})
+            sp.last_stats = body
+            for stream, n in body.get("counters", {}).get("dropped", {}).items():
+                if n > prev.get("dropped", {}).get(stream, 0):
+                    log.warning("stage %s: %d message(s) dropped on %s so far", sp.spec.name, n, stream)
+        elif kind == "done":
+            sp.done = True
+            if sp.definition.kind == "sink":
+                self.stop("complete")
+        elif kind == "fatal":
+            self.error = str(body.get("error", "fatal error"))
+            self.stop("fatal")
+
+    def _send_command(self, topic: str, body: dict[str, Any]) -> None:
+        self.command.send_multipart([topic.encode(), json.dumps(body).encode()])
+
+    def stop(self, reason: str = "requested") -> None:
+        if not self.stopping:
+            self.stopping = True
+            self._stop_reason = reason
+            log.info("stopping: %s", reason)
+
+    # ---- main --------------------------------------------------------------
+    def run(
+        self,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_status: Callable[[dict[str, StageProcess]], None] | None = None,
+    ) -> RunResult:
+        self.t0_ns: int | None = None
+        self.control = self.ctx.socket(zmq.PULL)
+        self.control.bind(self.control_address)
+        self.command = self.ctx.socket(zmq.PUB)
+        self.command.bind(self.command_address)
+        self.events = self.ctx.socket(zmq.SUB)
+        self.events.setsockopt(zmq.SUBSCRIBE, b"events")
+        self.events.connect(self.events_address)
+        previous = {sig: signal.signal(sig, lambda *_: self.stop("signal")) for sig in (signal.SIGINT, signal.SIGTERM)}
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
+        try:
+            for sp in self.stages.values():
+                self._spawn(sp)
+            ready_deadline = time.monotonic() + self.config.supervisor.ready_timeout_s
+            source_done_at: float | None = None
+            last_start_sent = 0.0
+            while not self.stopping:
+                for sock, _ in poller.poll(50):
+                    if sock is self.control:
+                        self._drain_control()
+                    else:
+                        self._drain_events(on_event)
+                self._check_processes()
+                now = time.monotonic()
+                if self.t0_ns is None:
+                    if all(sp.ready for sp in self.stages.values()):
+                        self.t0_ns = now_ns()
+                        log.info("all stages ready; session starts")
+                    elif now > ready_deadline:
+                        missing = [n for n, sp in self.stages.items() if not sp.ready]
+                        self.error = f"stages not ready after {self.config.supervisor.ready_timeout_s:.0f} s: {missing}"
+                        self.stop("timeout")
+                # Resend "start" until every source confirms (PUB is fire-and-forget).
+                if self.t0_ns is not None and now - last_start_sent > 0.2:
+                    for sp in self.stages.values():
+                        if sp.spec.is_source and not sp.started and sp.proc is not None:
+                            self._send_command(sp.spec.name, {"type": "start", "t0_ns": self.t0_ns})
+                    last_start_sent = now
+                sources = [sp for sp in self.stages.values() if sp.spec.is_source]
+                if source_done_at is None and sources and all(sp.done for sp in sources):
+                    source_done_at = now
+                if source_done_at is not None and now - source_done_at > self.config.supervisor.drain_timeout_s:
+                    self.error = "the sources ended but the last event never arrived"
+                    self.stop("drain timeout")
+                if on_status is not None:
+                    on_status(self.stages)
+            # Deliver what is still queued before tearing down.
+            self._drain_events(on_event)
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        code = 0 if self._stop_reason in ("complete", "signal", "requested") and not self.error else 1
+        return RunResult(
+            exit_code=code,
+            events=self.events_seen,
+            restarts={n: sp.restarts for n, sp in self.stages.items()},
+            stats={n: sp.last_stats.get("counters", {}) for n, sp in self.stages.items()},
+            error=self.error,
+        )
+
+    def _drain_control(self) -> None:
+        while True:
+            try:
+                raw = self.control.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                log.warning("malformed control message dropped")
+                continue
+            if isinstance(body, dict):
+                self._handle_control(body)
+
+    def _drain_events(self, on_event: Callable[[dict[str, Any]], None] | None) -> None:
+        while True:
+            try:
+                frames = self.events.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frames)
+            except MessageError as exc:
+                log.warning("malformed event dropped: %s", exc)
+                continue
+            if msg.kind != "event":
+                continue
+            self.events_seen += 1
+            if on_event is not None:
+                on_event(msg.meta)
+
+    def _shutdown(self) -> None:
+        try:
+            self._send_command("all", {"type": "stop"})
+        except zmq.ZMQError:
+            pass
+        procs = [sp.proc for sp in self.stages.values() if sp.proc is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.supervisor.stop_timeout_s
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("stage pid %d did not stop in time; killing it", p.pid)
+                p.kill()
+                p.wait()
+        for sock in (self.control, self.command, self.events):
+            sock.close(linger=0)
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def all_pids(self) -> list[int]:
+        return [pid for sp in self.stages.values() for pid in sp.pids]
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

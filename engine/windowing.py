@@ -1,0 +1,122 @@
+"""Sliding windows over time-stamped modality streams (pure, no sockets).
+
+The fusion stage and offline tools use this same code, so a model sees the
+same window contents live and offline.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class WordSpan:
+    text: str
+    start_s: float
+    end_s: float
+    probability: float = 1.0
+
+
+@dataclass
+class Window:
+    t0: float
+    t1: float
+    vision: np.ndarray  # [Tv, Dv] face features of frames inside the window
+    vision_present: np.ndarray  # [Tv] bool: a face was found in that frame
+    audio: np.ndarray  # [Ta, Da] audio feature frames inside the window
+    words: list[WordSpan] = field(default_factory=list)  # committed words overlapping it
+    partial: list[WordSpan] = field(default_factory=list)  # not yet committed
+    # Committed words the model reads: speech is committed a second or more after it
+    # is spoken, so text looks further back than audio and video (text_lookback_s).
+    context: list[WordSpan] = field(default_factory=list)
+
+    @property
+    def transcript(self) -> str:
+        return " ".join(w.text.strip() for w in self.words).strip()
+
+    @property
+    def context_text(self) -> str:
+        return " ".join(w.text.strip() for w in self.context).strip()
+
+
+class WindowBuffer:
+    """Keeps the recent past of each modality and cuts windows [t1 - length, t1]."""
+
+    def __init__(
+        self,
+        length_s: float,
+        hop_s: float,
+        vision_dim: int,
+        audio_dim: int,
+        keep_words_s: float = 120.0,
+        text_lookback_s: float | None = None,
+    ):
+        self.length_s = length_s
+        self.text_lookback_s = max(length_s, text_lookback_s or length_s)
+        self.hop_s = hop_s
+        self.vision_dim = vision_dim
+        self.audio_dim = audio_dim
+        self.keep_words_s = keep_words_s
+        self._vision: deque[tuple[float, np.ndarray, bool]] = deque()
+        self._audio_t: deque[np.ndarray] = deque()
+        self._audio_x: deque[np.ndarray] = deque()
+        self.words: list[WordSpan] = []
+        self.partial: list[WordSpan] = []
+        self.next_t1 = hop_s
+
+    def add_vision(self, t: float, features: np.ndarray, present: bool) -> None:
+        if features.shape != (self.vision_dim,) or not np.all(np.isfinite(features)):
+            features = np.zeros(self.vision_dim, dtype=np.float32)
+            present = False
+        self._vision.append((t, features.astype(np.float32, copy=False), present))
+
+    def add_audio(self, times: np.ndarray, frames: np.ndarray) -> None:
+        if frames.ndim != 2 or frames.shape[1] != self.audio_dim or times.shape[0] != frames.shape[0]:
+            raise ValueError(f"audio frames must be [T, {self.audio_dim}] with T times")
+        frames = np.nan_to_num(frames.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+        self._audio_t.append(times.astype(np.float64, copy=False))
+        self._audio_x.append(frames)
+
+    def add_words(self, committed: list[WordSpan], partial: list[WordSpan]) -> None:
+        self.words.extend(committed)
+        self.partial = list(partial)
+
+    def cut(self, t1: float) -> Window:
+        t0 = max(0.0, t1 - self.length_s)
+        vis = [(f, p) for (t, f, p) in self._vision if t0 < t <= t1 or (t0 == 0.0 and t == 0.0)]
+        vision = np.stack([f for f, _ in vis]) if vis else np.zeros((0, self.vision_dim), np.float32)
+        present = np.array([p for _, p in vis], dtype=bool)
+        if self._audio_t:
+            times = np.concatenate(list(self._audio_t))
+            frames = np.concatenate(list(self._audio_x))
+            sel = (times > t0) & (times <= t1)
+            audio = frames[sel]
+        else:
+            audio = np.zeros((0, self.audio_dim), np.float32)
+        words = [w for w in self.words if w.end_s > t0 and w.start_s <= t1]
+        partial = [w for w in self.partial if w.end_s > t0 and w.start_s <= t1]
+        ctx0 = t1 - self.text_lookback_s
+        context = [w for w in self.words if w.end_s > ctx0]
+        return Window(t0, t1, vision, present, audio, words, partial, context)
+
+    def prune(self, before: float) -> None:
+        """Forget data that no future window can contain."""
+        while self._vision and self._vision[0][0] <= before:
+            self._vision.popleft()
+        while self._audio_t and self._audio_t[0].size and self._audio_t[0][-1] <= before:
+            self._audio_t.popleft()
+            self._audio_x.popleft()
+        horizon = before - self.keep_words_s
+        if self.words and self.words[0].end_s < horizon:
+            self.words = [w for w in self.words if w.end_s >= horizon]
+
+    def due_windows(self, clock: float) -> list[float]:
+        """Window ends that the stream clock has passed: one per hop, none skipped."""
+        ends = []
+        while self.next_t1 <= clock + 1e-9:
+            ends.append(round(self.next_t1, 6))
+            self.next_t1 += self.hop_s
+        return ends

@@ -1,0 +1,158 @@
+"""The live model: turns one fusion window into a sentiment prediction.
+
+It owns the glue between the engine's windows and any zoo model: the text
+encoder for the window's words, padding and masks, optional feature
+normalisation stored in the checkpoint, and clipping to [-3, 3]. Without a
+trained checkpoint it builds an untrained zoo model and says so in every
+event (`placeholder: true`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("sentistream.live_model")
+
+SHIPPED_CHECKPOINT = "live_model.safetensors"
+PLACEHOLDER_MODEL = "almt"
+
+
+def shipped_checkpoint_path() -> Path:
+    return Path(str(resources.files("sentistream.models").joinpath(SHIPPED_CHECKPOINT)))
+
+
+@dataclass
+class LivePrediction:
+    score: float
+    label: str
+    confidence: float
+    contributions: dict[str, float]
+    model_ms: float
+    text_ms: float
+
+
+class LiveModel:
+    def __init__(self, fusion_cfg, text_encoder, vision_dim: int, audio_dim: int) -> None:
+        from sentistream.models.base import ModalityDims
+        from sentistream.models.registry import build, load_checkpoint
+
+        self.cfg = fusion_cfg
+        self.text_encoder = text_encoder
+        self.dims = ModalityDims(text=text_encoder.dim, audio=audio_dim, vision=vision_dim)
+        self.norm: dict[str, np.ndarray] = {}
+        name = fusion_cfg.model
+        ckpt = fusion_cfg.checkpoint
+        if name == "default" and not ckpt and shipped_checkpoint_path().is_file():
+            ckpt = str(shipped_checkpoint_path())
+        self.placeholder = False
+        if ckpt:
+            self.model, meta = _load(load_checkpoint, ckpt)
+            self.name = meta.get("model", getattr(self.model, "name", "unknown"))
+            self.checkpoint = ckpt
+            self.norm = _norm_stats(meta)
+            self._check_dims(meta)
+        else:
+            zoo_name = PLACEHOLDER_MODEL if name == "default" else name
+            torch.manual_seed(0)
+            self.model = build(zoo_name, self.dims)
+            self.name = zoo_name
+            self.checkpoint = ""
+            self.placeholder = True
+            log.warning("no trained checkpoint: using an untrained %s placeholder (scores are meaningless)", zoo_name)
+        self.device = torch.device(fusion_cfg.device)
+        self.model.to(self.device).eval()
+
+    def warm_up(self) -> None:
+        """One forward pass at start-up, so the first live window does not pay for lazy init."""
+        from sentistream.engine.windowing import Window
+
+        empty = np.zeros((4, self.dims.vision), np.float32)
+        window = Window(0.0, 1.0, empty, np.ones(4, bool), np.zeros((8, self.dims.audio), np.float32))
+        self.predict(window)
+
+    def _check_dims(self, meta: dict) -> None:
+        dims = meta.get("dims") or {}
+        for key in ("text", "audio", "vision"):
+            if key in dims and int(dims[key]) != getattr(self.dims, key):
+                raise ValueError(
+                    f"checkpoint {self.checkpoint} expects {key} features of width {dims[key]}, "
+                    f"the engine produces {getattr(self.dims, key)}"
+                )
+
+    def describe(self) -> dict:
+        return {"name": self.name, "placeholder": self.placeholder, "checkpoint": Path(self.checkpoint).name}
+
+    def _tensor(self, x: np.ndarray, key: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        dim = getattr(self.dims, key)
+        if x.shape[0] > max_len:  # average into max_len bins: bounded cost per window
+            edges = np.linspace(0, x.shape[0], max_len + 1).round().astype(int)
+            x = np.add.reduceat(x, edges[:-1], axis=0) / np.diff(edges)[:, None]
+        if key in self.norm and x.shape[0]:
+            mean, std = self.norm[key]
+            x = (x - mean) / std
+        if x.shape[0] == 0:
+            return torch.zeros(1, 1, dim), torch.zeros(1, 1, dtype=torch.bool)
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
+        return t, torch.ones(1, x.shape[0], dtype=torch.bool)
+
+    @torch.inference_mode()
+    def predict(self, window) -> LivePrediction:
+        from sentistream.models.base import FusionInputs
+
+        t_start = time.perf_counter()
+        emb = self.text_encoder.encode(window.context_text)
+        text_ms = (time.perf_counter() - t_start) * 1e3
+        text, text_mask = self._tensor(emb.tokens, "text", 128)
+        vision = window.vision[window.vision_present] if window.vision_present.size else window.vision
+        vis, vis_mask = self._tensor(vision, "vision", self.cfg.max_video_frames)
+        aud, aud_mask = self._tensor(window.audio, "audio", self.cfg.max_audio_frames)
+        inputs = FusionInputs(
+            text=text.to(self.device),
+            audio=aud.to(self.device),
+            vision=vis.to(self.device),
+            text_mask=text_mask.to(self.device),
+            audio_mask=aud_mask.to(self.device),
+            vision_mask=vis_mask.to(self.device),
+        )
+        t_model = time.perf_counter()
+        out = self.model(inputs)
+        model_ms = (time.perf_counter() - t_model) * 1e3
+        score = float(torch.clamp(out.score.reshape(-1)[0], -3.0, 3.0))
+        if not np.isfinite(score):
+            score = 0.0
+        contrib = out.contributions.reshape(-1, 3)[0].float().cpu().numpy()
+        contributions = {"text": float(contrib[0]), "audio": float(contrib[1]), "vision": float(contrib[2])}
+        present = np.array([bool(window.context), bool(aud_mask.any()), bool(vis_mask.any())], dtype=float)
+        label = "neutral"
+        if score >= self.cfg.neutral_band:
+            label = "positive"
+        elif score <= -self.cfg.neutral_band:
+            label = "negative"
+        # Confidence: distance from the neutral boundary, discounted by missing modalities
+        # (a heuristic, documented in the README; zero for an untrained placeholder).
+        coverage = float((present * np.array([0.6, 0.2, 0.2])).sum())
+        confidence = 0.0 if self.placeholder else float(np.tanh(abs(score)) * coverage)
+        return LivePrediction(score, label, confidence, contributions, model_ms, text_ms)
+
+
+def _load(load_checkpoint, path: str):
+    result = load_checkpoint(path)
+    if isinstance(result, tuple):
+        return result
+    return result, dict(getattr(result, "checkpoint_meta", {}) or {})
+
+
+def _norm_stats(meta: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for key, stats in (meta.get("normalisation") or {}).items():
+        mean = np.asarray(stats["mean"], dtype=np.float32)
+        std = np.maximum(np.asarray(stats["std"], dtype=np.float32), 1e-6)
+        out[key] = (mean, std)
+    return out

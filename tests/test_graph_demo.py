@@ -1,0 +1,151 @@
+"""The whole graph as real processes on the bundled demo clip (real media, real models)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import children_of, pid_alive, read_jsonl, sentistream_cmd
+
+HOP = 0.25
+
+
+def _words(events: list[dict], key: str = "new_words") -> list[str]:
+    return [re.sub(r"[^a-z']", "", w["text"].lower()) for e in events for w in e.get(key, [])]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "events.jsonl"
+    proc = subprocess.run(
+        sentistream_cmd("run", "--source", "demo", "--jsonl", str(out), "--view", "lines"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return proc, read_jsonl(out) if out.exists() else []
+
+
+def test_demo_exits_cleanly_and_prints_events(demo_run):
+    proc, events = demo_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("latency") >= len(events) - 5  # the terminal view printed them
+
+
+def test_one_event_per_hop_windows_non_decreasing(demo_run, demo_meta):
+    _, events = demo_run
+    expected = round(demo_meta["duration_s"] / HOP)
+    assert abs(len([e for e in events if not e.get("final")]) - expected) <= 1, len(events)
+    # a closing event flagged "final" may repeat the last window to carry late words
+    hops = [e for e in events if not e.get("final")]
+    assert len(events) - len(hops) <= 1 and all(e.get("final") for e in events[len(hops):])
+    t1 = [e["window"]["t1"] for e in hops]
+    assert all(b - a == pytest.approx(HOP, abs=1e-6) for a, b in zip(t1, t1[1:])), t1
+    t0 = [e["window"]["t0"] for e in events]
+    assert t0 == sorted(t0)
+    assert all(e["window"]["t1"] - e["window"]["t0"] <= 3.0 + 1e-6 for e in events)
+
+
+def test_every_event_has_schema_fields_and_latency_breakdown(demo_run):
+    _, events = demo_run
+    for e in events:
+        assert -3.0 <= e["score"] <= 3.0
+        assert e["label"] in ("negative", "neutral", "positive")
+        assert 0.0 <= e["confidence"] <= 1.0
+        assert set(e["contributions"]) == {"text", "audio", "vision"}
+        assert abs(sum(e["contributions"].values()) - 1.0) < 1e-2
+        lat = e["latency_ms"]
+        assert lat["capture_to_emit"] >= 0 and lat["model"] >= 0
+        assert "face" in lat and "capture_to_emit" in lat["face"] and "face" in lat["face"]
+        assert "audio_feat" in lat and "audio_features" in lat["audio_feat"]
+        assert e["model"]["name"]
+    # the face is visible in the demo: nearly every window after the first has vision
+    assert sum(e["modalities"]["vision"] for e in events) >= 0.9 * len(events)
+
+
+def test_transcripts_contain_the_spoken_words(demo_run, demo_meta):
+    _, events = demo_run
+    said = _words(events)  # every committed word is carried once, by the event after its commit
+    for word in ("love", "wonderful", "terrible", "awful", "brilliant", "happy", "horrible", "disappointed"):
+        assert word in said, (word, said)
+    spoken = " ".join(s["text"] for s in demo_meta["sentences"]).lower().split()
+    assert len(said) >= 0.8 * len(spoken)
+    # word times lie where the demo speaks them, and the model's text context carries them
+    for e in events:
+        for w in e["new_words"]:
+            assert 0.0 <= w["start_s"] <= w["end_s"] <= demo_meta["duration_s"] + 0.1
+    assert sum(bool(e["context"]) for e in events) >= len(events) // 2
+
+
+def test_sigkill_a_stage_restarts_it_and_events_resume(tmp_path):
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        sentistream_cmd("run", "--source", "demo", "--jsonl", str(out), "--view", "none"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and (not out.exists() or len(read_jsonl(out)) < 12):
+            time.sleep(0.2)
+        before = read_jsonl(out)
+        assert len(before) >= 12, "no events before the kill"
+        victim = _stage_pid(proc.pid, "fusion")
+        import os
+
+        os.kill(victim, signal.SIGKILL)
+        killed_at = before[-1]["window"]["t1"]
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    events = read_jsonl(out)
+    after = [e for e in events if e["window"]["t1"] > killed_at + 1.0]
+    assert len(after) >= 8, "events did not resume after the restart"
+    t1 = [e["window"]["t1"] for e in events]
+    assert t1 == sorted(t1), "windows went backwards after the restart"
+    assert "restarts: {'fusion': 1}" in stderr
+
+
+def _stage_pid(supervisor_pid: int, stage: str) -> int:
+    from pathlib import Path
+
+    for pid in children_of(supervisor_pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if f'"name": "{stage}"' in cmd:
+            return pid
+    raise AssertionError(f"no process for stage {stage}")
+
+
+def test_ctrl_c_leaves_no_process_behind(tmp_path):
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        sentistream_cmd("run", "--source", "demo", "--jsonl", str(out), "--view", "none"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and (not out.exists() or len(read_jsonl(out)) < 4):
+            time.sleep(0.2)
+        kids = children_of(proc.pid)
+        assert len(kids) >= 6, kids  # media, face, audio_features, asr, fusion, sink
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    time.sleep(0.5)
+    left = [p for p in kids if pid_alive(p)]
+    assert not left, f"processes left behind: {left}"
