@@ -127,9 +127,12 @@ def _stage_pid(supervisor_pid: int, stage: str) -> int:
 
 
 def test_ctrl_c_leaves_no_process_behind(tmp_path):
+    """Also runs the graph over tcp:// (loopback) instead of ipc://."""
     out = tmp_path / "events.jsonl"
+    conf = tmp_path / "tcp.toml"
+    conf.write_text('[transport]\ntransport = "tcp"\n')
     proc = subprocess.Popen(
-        sentistream_cmd("run", "--source", "demo", "--jsonl", str(out), "--view", "none"),
+        sentistream_cmd("run", "--source", "demo", "--config", str(conf), "--jsonl", str(out), "--view", "none"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
