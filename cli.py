@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -13,6 +14,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
 
 log = logging.getLogger("sentistream")
+
+# Modules that add sub-commands; each exposes register(subparsers) and imports heavy
+# libraries only inside its command function, so `sentistream --help` stays fast.
+COMMAND_MODULES: list[str] = [
+    "sentistream.perception.extract",
+    "sentistream.engine.doctor",
+    "sentistream.engine.fusion_server",  # sentistream serve
+    "sentistream.bench.cli",  # sentistream bench <latency|throughput|soak|perception|accuracy>
+]
 
 
 def _parse_source(value: str) -> dict[str, Any]:
@@ -110,8 +120,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         Path(args.jsonl).write_text("")  # a fresh file per run; a restarted sink appends
     supervisor = Supervisor(pipeline, cfg, params)
     view = EventView(mode=args.view, events_address=supervisor.events_address)
-    with view:
-        result = supervisor.run(on_event=view.on_event, on_status=view.on_status)
+    dashboard = None
+    if args.dashboard is not None:
+        import shutil
+
+        from sentistream.engine.dashboard import start_dashboard
+
+        try:
+            dashboard = start_dashboard(args.dashboard, supervisor)
+        except (ValueError, OSError) as exc:
+            shutil.rmtree(supervisor.run_dir, ignore_errors=True)  # nothing was started in it
+            print(f"error: dashboard: {exc}", file=sys.stderr)
+            return 2
+        print(f"dashboard on {dashboard.url}", file=sys.stderr, flush=True)
+    try:
+        with view:
+            on_status = view.on_status if dashboard is None else dashboard.chain(view.on_status)
+            result = supervisor.run(on_event=view.on_event, on_status=on_status)
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
     view.summary(result)
     if result.error:
         print(f"error: {result.error}", file=sys.stderr)
@@ -148,11 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--view", choices=["auto", "live", "lines", "none"], default="auto", help="terminal output (auto: live on a TTY)"
     )
+    run.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve a live web dashboard (default 127.0.0.1:8765; other interfaces only when named)",
+    )
     run.set_defaults(func=cmd_run)
 
     conf = sub.add_parser("config", help="print the effective configuration (checks every key)")
     conf.add_argument("--config", default=None)
     conf.set_defaults(func=cmd_config)
+    for module in COMMAND_MODULES:
+        # each module adds its own sub-command(s): register(subparsers)
+        importlib.import_module(module).register(sub)
     return p
 
 

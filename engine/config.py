@@ -26,6 +26,7 @@ class TransportConfig:
     bind_host: str = "127.0.0.1"  # loopback unless configured otherwise
     hwm: int = 1000  # high-water mark for audio, features, words, events
     video_hwm: int = 4  # video is conflated: only the newest frames matter
+    conflate_video: bool = True  # false: every frame is processed (offline parity, recordings)
     events_address: str = "auto"  # where agents subscribe; "auto" picks a free loopback port
 
 
@@ -74,6 +75,17 @@ class FusionConfig:
     max_audio_frames: int = 60  # 10 ms frames are averaged into at most this many steps
     max_video_frames: int = 45
     threads: int = 1  # torch intra-op threads: the other stages need the remaining cores
+    # Inference backend (engine/backends.py): auto | tensorrt | compile | onnxruntime | eager.
+    backend: str = "auto"
+    max_batch: int = 64  # largest batch: TensorRT profile, compile batch buckets, fusion server
+    # Token counts are padded up to one of these (compiled/exported graphs have fixed lengths);
+    # audio and video are padded to max_audio_frames / max_video_frames.
+    text_buckets: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    compile_mode: str = ""  # "" = reduce-overhead (CUDA graphs) on CUDA, max-autotune-no-cudagraphs on CPU
+    cache_dir: str = ""  # exported ONNX graphs, TensorRT engines; "" = ~/.cache/sentistream
+    select_budget_s: float = 1.0  # auto on CPU: time spent measuring onnxruntime against eager
+    server: str = ""  # "" = the model runs in this stage; "tcp://127.0.0.1:PORT" = `sentistream serve`
+    server_timeout_s: float = 2.0  # a window the fusion server has not answered by then is skipped
 
 
 def _perception_sections() -> dict[str, type]:
@@ -122,6 +134,24 @@ class EngineConfig:
             raise ConfigError(f"source.pace must be 'realtime' or 'fast', not {self.source.pace!r}")
         if self.source.sample_rate != 16000:
             raise ConfigError("source.sample_rate: the ASR and feature stages expect 16000 Hz")
+        _validate_fusion(self.fusion)
+
+
+def _validate_fusion(f: FusionConfig) -> None:
+    backends = ("auto", "tensorrt", "compile", "onnxruntime", "eager")
+    if f.backend not in backends:
+        raise ConfigError(f"fusion.backend must be one of {', '.join(backends)}, not {f.backend!r}")
+    if f.max_batch < 1:
+        raise ConfigError("fusion.max_batch must be >= 1")
+    buckets = f.text_buckets
+    if not isinstance(buckets, list) or not buckets or not all(
+        isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets
+    ):
+        raise ConfigError(f"fusion.text_buckets must be a non-empty list of positive integers, not {buckets!r}")
+    if f.server and not f.server.startswith(("tcp://", "ipc://")):
+        raise ConfigError(f"fusion.server must be a tcp:// or ipc:// address (or empty), not {f.server!r}")
+    if f.server_timeout_s <= 0 or f.select_budget_s < 0:
+        raise ConfigError("fusion.server_timeout_s must be > 0 and fusion.select_budget_s >= 0")
 
 
 def _section_types() -> dict[str, type]:

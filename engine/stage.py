@@ -189,7 +189,8 @@ class Stage:
         self.commands.connect(self.spec.command_address)
         if self.spec.output_address:
             self.pub = self.ctx.socket(zmq.PUB)
-            self.pub.setsockopt(zmq.SNDHWM, tcfg.video_hwm if self.output_streams == ["video"] else tcfg.hwm)
+            video_only = self.output_streams == ["video"] and tcfg.conflate_video
+            self.pub.setsockopt(zmq.SNDHWM, tcfg.video_hwm if video_only else tcfg.hwm)
             self.pub.setsockopt(zmq.LINGER, 500)
             self.pub.bind(self.spec.output_address)
         if self.spec.inputs:
@@ -235,6 +236,8 @@ class Stage:
                 continue
             self._track_sequence(msg)
             batch.append(msg)
+        if not self.config.transport.conflate_video:
+            return batch
         # Video: the newest frame wins; older queued frames are skipped (counted).
         newest_video: dict[str, int] = {}
         for i, m in enumerate(batch):

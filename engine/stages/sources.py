@@ -24,51 +24,24 @@ def demo_clip_path() -> Path:
     return Path(str(resources.files("sentistream.assets").joinpath("demo.mp4")))
 
 
-class _AudioChunker:
-    """Cuts a sample stream into fixed chunks stamped by sample count (no jitter)."""
-
-    def __init__(self, sample_rate: int, chunk_ms: int) -> None:
-        self.sample_rate = sample_rate
-        self.chunk = max(1, sample_rate * chunk_ms // 1000)
-        self.pending = np.zeros(0, dtype=np.float32)
-        self.pending_t0 = 0.0
-
-    def push(self, samples: np.ndarray, t0: float) -> list[tuple[float, np.ndarray]]:
-        if self.pending.size == 0:
-            self.pending_t0 = t0
-        self.pending = np.concatenate([self.pending, samples.astype(np.float32, copy=False)])
-        out = []
-        while self.pending.size >= self.chunk:
-            out.append((self.pending_t0, self.pending[: self.chunk].copy()))
-            self.pending = self.pending[self.chunk :]
-            self.pending_t0 += self.chunk / self.sample_rate
-        return out
-
-    def flush(self) -> list[tuple[float, np.ndarray]]:
-        if self.pending.size == 0:
-            return []
-        out = [(self.pending_t0, self.pending.copy())]
-        self.pending = np.zeros(0, dtype=np.float32)
-        return out
-
-
 class FileSource(Stage):
-    """Replays a media file (video + audio track) at real-time pace or as fast as possible."""
+    """Replays a media file (video + audio track) at real-time pace or as fast as possible.
+
+    Decoding is `perception.media.iter_media`, the same code `extract` uses.
+    """
 
     def setup(self) -> None:
-        import av  # PyAV: demux + decode + resample in-process
+        from sentistream.perception.media import MediaError, probe_media
 
         src = self.config.source
         self.path = Path(self.params.get("path") or (src.path if src.kind == "file" else demo_clip_path()))
         if not self.path.is_file():
             raise FatalStageError(f"media file not found: {self.path} (give an existing file or use --source demo)")
         try:
-            with av.open(str(self.path)) as c:
-                self.has_video = bool(c.streams.video)
-                self.has_audio = bool(c.streams.audio)
-        except (av.error.FFmpegError, OSError) as exc:
-            raise FatalStageError(f"cannot open media file {self.path}: {exc}") from None
-        if not (self.has_video or self.has_audio):
+            info = probe_media(self.path)
+        except MediaError as exc:
+            raise FatalStageError(str(exc)) from None
+        if not (info.has_video or info.has_audio):
             raise FatalStageError(f"media file {self.path} has neither a video nor an audio track")
         self.media_pos = float(self.params.get("resume_from_s", 0.0))
 
@@ -89,92 +62,44 @@ class FileSource(Stage):
     def produce(self) -> None:
         src = self.config.source
         duration = src.duration_s if src.duration_s > 0 else float("inf")
-        resume = self.media_pos
         offset = 0.0
         while not self.stopping:
-            length = self._play_once(offset, resume, duration)
+            length = self._play_once(offset, duration)
             if length <= 0 or not src.loop or offset + length >= duration:
                 break
             offset += length
-        end = min(self.media_pos, duration if duration != float("inf") else self.media_pos)
-        self.publish_eos(end)
+        self.publish_eos(self.media_pos)
 
-    def _play_once(self, offset: float, resume: float, duration: float) -> float:
+    def _play_once(self, offset: float, duration: float) -> float:
         """Play the file once with media times shifted by `offset`; returns its length in s."""
-        import av
+        from sentistream.perception.media import AudioItem, MediaError, iter_media
 
         src = self.config.source
-        chunker = _AudioChunker(src.sample_rate, src.audio_chunk_ms)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=src.sample_rate)
-        audio_samples = 0  # the audio clock counts samples, not packet timestamps
-        last_t = 0.0
-        with av.open(str(self.path)) as container:
-            streams = [s for s in (container.streams.video[:1] + container.streams.audio[:1])]
-            for s in streams:
-                s.thread_type = "AUTO"
-            try:
-                for packet in container.demux(*streams):
-                    if self.stopping:
-                        break
-                    try:
-                        frames = packet.decode()
-                    except av.error.FFmpegError as exc:  # a corrupt packet: skip it, keep going
-                        self.counters.errors += 1
-                        log.warning("%s: undecodable packet skipped: %s", self.name, exc)
-                        continue
-                    for frame in frames:
-                        if isinstance(frame, av.VideoFrame):
-                            t = offset + float(frame.time or 0.0)
-                            last_t = max(last_t, t)
-                            if t >= duration:
-                                return offset + last_t
-                            if t < resume:
-                                continue
-                            self._pace(t)
-                            self._publish_video(frame, t)
-                        elif isinstance(frame, av.AudioFrame):
-                            for rf in resampler.resample(frame):
-                                samples = rf.to_ndarray().reshape(-1).astype(np.float32)
-                                t_first = offset + audio_samples / src.sample_rate
-                                audio_samples += samples.size
-                                for t, chunk in chunker.push(samples, t_first):
-                                    if t >= duration:
-                                        return duration
-                                    last_t = max(last_t, t + chunk.size / src.sample_rate)
-                                    if t < resume:
-                                        continue
-                                    self._pace(t)
-                                    self._publish_audio(chunk, t)
-                    self.service()
-            except av.error.FFmpegError as exc:
-                self.counters.errors += 1
-                log.warning("%s: media read stopped early: %s", self.name, exc)
-            if not self.stopping:
-                for rf in resampler.resample(None):
-                    samples = rf.to_ndarray().reshape(-1).astype(np.float32)
-                    t_first = offset + audio_samples / src.sample_rate
-                    audio_samples += samples.size
-                    for t, chunk in chunker.push(samples, t_first):
-                        if t < duration and t >= resume:
-                            self._publish_audio(chunk, t)
-                for t, chunk in chunker.flush():
-                    if t < duration and t >= resume:
-                        self._publish_audio(chunk, t)
-                        last_t = max(last_t, t + chunk.size / src.sample_rate)
-        return last_t - offset
-
-    def _publish_video(self, frame, t: float) -> None:
-        src = self.config.source
-        if frame.width > src.width or frame.height > src.height:
-            scale = min(src.width / frame.width, src.height / frame.height)
-            frame = frame.reformat(width=max(2, int(frame.width * scale)), height=max(2, int(frame.height * scale)))
-        rgb = frame.to_ndarray(format="rgb24")
-        self.media_pos = max(self.media_pos, t)
-        self.publish(Message("video_frame", "video", 0, now_ns(), t, [rgb]))
-
-    def _publish_audio(self, chunk: np.ndarray, t: float) -> None:
-        self.media_pos = max(self.media_pos, t)
-        self.publish(Message("audio_chunk", "audio", 0, now_ns(), t, [chunk]))
+        sr = src.sample_rate
+        resume = self.media_pos - offset if self.media_pos > offset else 0.0
+        errors: list[str] = []
+        last = 0.0
+        try:
+            for item in iter_media(
+                self.path, sr, src.audio_chunk_ms, src.width, src.height,
+                start_s=resume, end_s=duration - offset, errors=errors,
+            ):
+                if self.stopping:
+                    break
+                t = offset + item.t
+                self._pace(t)
+                self.media_pos = max(self.media_pos, t)
+                if isinstance(item, AudioItem):
+                    last = max(last, item.t + item.samples.size / sr)
+                    self.publish(Message("audio_chunk", "audio", 0, now_ns(), t, [item.samples]))
+                else:
+                    last = max(last, item.t)
+                    self.publish(Message("video_frame", "video", 0, now_ns(), t, [item.rgb]))
+                self.service()
+        except MediaError as exc:
+            raise FatalStageError(str(exc)) from None
+        self.counters.errors += len(errors)
+        return last
 
 
 class CameraSource(Stage):
