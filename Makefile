@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := libportaudio2 ffmpeg espeak-ng sox
+APT_PACKAGES := libportaudio2 ffmpeg espeak-ng sox chromium chromium-driver
 export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test setup system-deps bench clean
@@ -17,12 +17,15 @@ test: setup
 
 setup: system-deps $(STAMP)
 
-# Debian packages: PortAudio (microphones), ffmpeg, espeak-ng and sox (test speech).
+# Debian packages: PortAudio (microphones), ffmpeg, espeak-ng and sox (test speech),
+# chromium and chromium-driver (the dashboard's headless-browser test).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	command -v sox >/dev/null || missing="$$missing sox"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	ldconfig -p | grep -q libportaudio.so.2 || missing="$$missing libportaudio2"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
