@@ -39,7 +39,7 @@ class LivePrediction:
 
 
 class LiveModel:
-    def __init__(self, fusion_cfg, text_encoder, vision_dim: int, audio_dim: int) -> None:
+    def __init__(self, fusion_cfg, text_encoder, vision_dim: int, audio_dim: int, local_only: bool = False) -> None:
         from sentistream.models.base import ModalityDims
         from sentistream.models.registry import build, load_checkpoint
 
@@ -68,6 +68,68 @@ class LiveModel:
             log.warning("no trained checkpoint: using an untrained %s placeholder (scores are meaningless)", zoo_name)
         self.device = torch.device(fusion_cfg.device)
         self.model.to(self.device).eval()
+        # How the forward pass runs (engine/backends.py), chosen on first use; or a fusion server.
+        self.local_only = local_only
+        self._backend = None
+        self._local_backend = None
+        self.server_failures = 0
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            server = "" if self.local_only else getattr(self.cfg, "server", "")
+            with torch.inference_mode(False):  # tracing/export must not run under inference mode
+                self._backend = self._remote(server) if server else self._local()
+        return self._backend
+
+    def _local(self):
+        if self._local_backend is None:
+            from sentistream.engine.backends import BackendOptions, select_backend
+
+            opts = BackendOptions.from_config(self.cfg)
+            opts.onnx_prebuild = "background"  # a fast start: other buckets export while we run
+            self._local_backend = select_backend(opts, self.model, device=self.device)
+        return self._local_backend
+
+    def _remote(self, address: str):
+        from sentistream.engine.backends import model_fingerprint
+        from sentistream.engine.fusion_server import RemoteFusion, RemoteFusionError
+        from sentistream.engine.stage import FatalStageError
+
+        remote = RemoteFusion(address, timeout_s=float(getattr(self.cfg, "server_timeout_s", 2.0)))
+        try:
+            info = remote.info(timeout_s=max(5.0, remote.timeout_s))
+        except RemoteFusionError as exc:
+            remote.close()
+            raise FatalStageError(f"fusion.server: {exc}; start it with `sentistream serve --address {address}`") from None
+        mine = model_fingerprint(self.model)
+        if info.get("fingerprint") != mine or list(info.get("dims", [])) != list(self.dims):
+            remote.close()
+            raise FatalStageError(
+                f"fusion.server {address} serves {info.get('model')} (weights {info.get('fingerprint')}, "
+                f"dims {info.get('dims')}), but this engine is configured for {self.name} (weights {mine}, "
+                f"dims {list(self.dims)}): give `sentistream serve` the same [fusion] model/checkpoint"
+            )
+        log.info("fusion: windows go to the fusion server at %s (%s via %s)", address, info.get("model"), info.get("backend"))
+        return remote
+
+    def _forward(self, inputs):
+        """The backend's forward pass; a fusion server that fails is replaced by the local model
+        for that window (logged, counted), so a window is never lost to the network."""
+        backend = self.backend
+        if getattr(backend, "name", "") != "remote":
+            return backend(inputs)
+        try:
+            return backend(inputs)
+        except Exception as exc:  # RemoteFusionError, a timeout: score this window here
+            self.server_failures += 1
+            if self.server_failures in (1, 10, 100) or self.server_failures % 1000 == 0:
+                log.warning("fusion server failed (%s); window scored locally (%d so far)", exc, self.server_failures)
+            from sentistream.engine.backends import EagerBackend
+
+            if self._local_backend is None:
+                self._local_backend = EagerBackend(self.model, self.device)
+            return self._local_backend(inputs)
 
     def warm_up(self) -> None:
         """One forward pass at start-up, so the first live window does not pay for lazy init."""
@@ -87,7 +149,10 @@ class LiveModel:
                 )
 
     def describe(self) -> dict:
-        return {"name": self.name, "placeholder": self.placeholder, "checkpoint": Path(self.checkpoint).name}
+        out = {"name": self.name, "placeholder": self.placeholder, "checkpoint": Path(self.checkpoint).name}
+        if self._backend is not None:
+            out["backend"] = self._backend.name
+        return out
 
     def _tensor(self, x: np.ndarray, key: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         dim = getattr(self.dims, key)
@@ -102,8 +167,9 @@ class LiveModel:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0)
         return t, torch.ones(1, x.shape[0], dtype=torch.bool)
 
-    @torch.inference_mode()
-    def predict(self, window) -> LivePrediction:
+    def inputs_for(self, window):
+        """The model's inputs for one window ([1, L, D] each, on the model's device) and the text
+        encoder's time in ms."""
         from sentistream.models.base import FusionInputs
 
         t_start = time.perf_counter()
@@ -121,8 +187,15 @@ class LiveModel:
             audio_mask=aud_mask.to(self.device),
             vision_mask=vis_mask.to(self.device),
         )
+        return inputs, text_ms
+
+    @torch.inference_mode()
+    def predict(self, window) -> LivePrediction:
+        inputs, text_ms = self.inputs_for(window)
+        aud_mask = inputs.audio_mask
+        vis_mask = inputs.vision_mask
         t_model = time.perf_counter()
-        out = self.model(inputs)
+        out = self._forward(inputs)
         model_ms = (time.perf_counter() - t_model) * 1e3
         score = float(torch.clamp(out.score.reshape(-1)[0], -3.0, 3.0))
         if not np.isfinite(score):
