@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "sentistream.engine.doctor",
     "sentistream.engine.fusion_server",  # sentistream serve
     "sentistream.bench.cli",  # sentistream bench <latency|throughput|soak|perception|accuracy>
+    "sentistream.engine.security",  # sentistream keys (CURVE key pairs)
 ]
 
 

@@ -28,6 +28,17 @@ class TransportConfig:
     video_hwm: int = 4  # video is conflated: only the newest frames matter
     conflate_video: bool = True  # false: every frame is processed (offline parity, recordings)
     events_address: str = "auto"  # where agents subscribe; "auto" picks a free loopback port
+    # ZeroMQ CURVE on every socket: forced by `curve = true`, required (ConfigError without
+    # keys) when bind_host or events_address is not loopback. Keys: `sentistream keys --dir`.
+    curve: bool = False
+    curve_keys_dir: str = ""
+
+    def uses_curve(self) -> bool:
+        from sentistream.engine.security import is_local_address, is_loopback_host
+
+        events_local = self.events_address == "auto" or is_local_address(self.events_address)
+        remote_bind = self.transport == "tcp" and not is_loopback_host(self.bind_host)
+        return self.curve or remote_bind or not events_local
 
 
 @dataclass
@@ -135,6 +146,36 @@ class EngineConfig:
         if self.source.sample_rate != 16000:
             raise ConfigError("source.sample_rate: the ASR and feature stages expect 16000 Hz")
         _validate_fusion(self.fusion)
+        _validate_security(self.transport)
+
+
+def _validate_security(t: TransportConfig) -> None:
+    """Anything but loopback needs CURVE keys; refuse to start without them, naming the key."""
+    if not t.uses_curve():
+        return
+    import zmq
+
+    from sentistream.engine.security import is_loopback_host, missing_key_files
+
+    if t.curve:
+        why = "transport.curve = true"
+    elif t.transport == "tcp" and not is_loopback_host(t.bind_host):
+        why = f"transport.bind_host = {t.bind_host!r} is not a loopback address"
+    else:
+        why = f"transport.events_address = {t.events_address!r} is not a loopback address"
+    if not zmq.has("curve"):
+        raise ConfigError(f"transport.curve_keys_dir: {why}, which needs CURVE, but this libzmq has no CURVE support")
+    if not t.curve_keys_dir:
+        raise ConfigError(
+            f"transport.curve_keys_dir: {why}, so every socket must use ZeroMQ CURVE; make keys with "
+            "`sentistream keys --dir DIR` and set transport.curve_keys_dir = DIR"
+        )
+    missing = missing_key_files(t.curve_keys_dir)
+    if missing:
+        raise ConfigError(
+            f"transport.curve_keys_dir: {t.curve_keys_dir} lacks {', '.join(missing)} "
+            "(make them with `sentistream keys --dir DIR`)"
+        )
 
 
 def _validate_fusion(f: FusionConfig) -> None:

@@ -10,6 +10,12 @@ Arrays never go through pickle: the header names each array's dtype (from a
 short allow-list) and shape, and the decoder checks that the buffer has exactly
 that many bytes before it wraps it with `numpy.frombuffer`. Anything that does
 not parse raises `MessageError`, which stages count and drop.
+
+The decoder never allocates from a size the sender only declares: arrays are
+views on the received buffers, sizes are checked (with Python integers, which
+cannot overflow) before anything else, and floating-point arrays holding NaN or
+infinity, or a header holding NaN/Infinity, are refused like any other
+malformed message (tests/test_fuzz_decoder.py fuzzes all of this).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ KINDS = frozenset(
         "words",  # no array; meta: committed/partial words
         "event",  # fusion output; meta carries the JSON event
         "eos",  # end of stream
+        "fusion_request",  # fusion server: a window's padded tensors + bool masks (engine/fusion_server.py)
+        "fusion_reply",  # fusion server: float32 scores [B] + contributions [B, 3], or meta.error
     }
 )
 
@@ -43,6 +51,9 @@ MAX_NDIM = 4
 MAX_HEADER_BYTES = 1 << 20
 # 8K RGB frame = 99.5 MB; anything larger is refused before any allocation.
 MAX_ARRAY_BYTES = 7680 * 4320 * 3 + 1024
+# The largest single frame a socket accepts (ZMQ_MAXMSGSIZE): a peer that sends
+# more is disconnected by ZeroMQ before the frame is buffered.
+MAX_FRAME_BYTES = max(MAX_ARRAY_BYTES, MAX_HEADER_BYTES)
 
 
 class MessageError(ValueError):
@@ -90,7 +101,8 @@ def encode(msg: Message) -> list[Any]:
     """Message -> multipart frames. Arrays are passed as buffers (zero-copy)."""
     if msg.kind not in KINDS:
         raise MessageError(f"unknown message kind {msg.kind!r}")
-    arrays = [np.ascontiguousarray(a) for a in msg.arrays]
+    # np.ascontiguousarray would turn a 0-d array into shape (1,): keep the shape.
+    arrays = [np.ascontiguousarray(a).reshape(np.shape(a)) for a in msg.arrays]
     for a in arrays:
         if str(a.dtype) not in ALLOWED_DTYPES:
             raise MessageError(f"dtype {a.dtype} is not allowed on the wire")
@@ -112,27 +124,38 @@ def encode(msg: Message) -> list[Any]:
 def _frame_bytes(frame: Any) -> memoryview:
     # zmq.Frame (copy=False receive) exposes .buffer; bytes/memoryview pass through.
     buf = getattr(frame, "buffer", frame)
-    return memoryview(buf)
+    try:
+        view = memoryview(buf)
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"a frame is not a byte buffer: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MessageError(f"header holds {name}: NaN and Infinity are not allowed")
 
 
 def decode(frames: list[Any]) -> Message:
     """Multipart frames -> Message, validating everything; raises MessageError."""
     if not isinstance(frames, (list, tuple)) or len(frames) < 2:
         raise MessageError("a message needs at least a topic and a header frame")
+    topic_view = _frame_bytes(frames[0])
+    if topic_view.nbytes > 256:
+        raise MessageError(f"topic of {topic_view.nbytes} bytes is too long")
     try:
-        topic = bytes(_frame_bytes(frames[0])).decode("ascii")
-    except (UnicodeDecodeError, TypeError) as exc:
+        topic = bytes(topic_view).decode("ascii")
+    except UnicodeDecodeError as exc:
         raise MessageError(f"bad topic frame: {exc}") from None
     head_view = _frame_bytes(frames[1])
     if head_view.nbytes > MAX_HEADER_BYTES:
         raise MessageError(f"header of {head_view.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(head_view))
+        header = json.loads(bytes(head_view), parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MessageError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise MessageError("header is not a JSON object")
-    if header.get("v") != WIRE_VERSION:
+    if header.get("v") != WIRE_VERSION or isinstance(header.get("v"), bool):
         raise MessageError(f"unsupported wire version {header.get('v')!r}")
     kind = header.get("kind")
     if kind not in KINDS:
@@ -197,4 +220,8 @@ def _decode_array(descr: Any, frame: Any, index: int) -> np.ndarray:
         raise MessageError(f"array {index}: buffer has {buf.nbytes} bytes, header declares {nbytes}")
     if nbytes == 0:
         return np.zeros(shape, dtype=dtype)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    array = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise MessageError(f"array {index}: {bad} non-finite value(s) (NaN or Inf) in {dtype}{list(shape)}")
+    return array

@@ -8,7 +8,15 @@ handler are logged and counted as `errors`.
 
 Drops are never silent: every message carries a per-stream sequence number,
 and a subscriber that sees a gap counts the missing messages as `dropped`
-(for video, whose newest frame wins, as `skipped_video`).
+(for video, whose newest frame wins, as `skipped_video`). A restarted stage
+gets the last sequence numbers its previous run reported (`resume_seq`), so
+what it missed while it was down is counted too.
+
+Test-only fault injection (explicit params, never set by the engine itself):
+`crash_at_start: true` makes the stage exit with code 70 before it does
+anything (a stage that keeps crashing); `simulate_device_lost: {"stream": S,
+"at_s": T}` makes a source behave as if the device behind stream S vanished at
+media time T (the same eos + report a real lost camera or microphone gives).
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ from typing import Any
 import zmq
 
 from sentistream.engine.config import EngineConfig, config_from_dict
-from sentistream.engine.messages import Message, MessageError, decode, now_ns
+from sentistream.engine.messages import MAX_FRAME_BYTES, Message, MessageError, decode, now_ns
+from sentistream.engine.security import SocketSecurity
 
 log = logging.getLogger("sentistream.stage")
 
 EXIT_OK = 0
 EXIT_FATAL = 3  # a device or configuration problem: restarting cannot help
+EXIT_CRASH_INJECTED = 70  # params["crash_at_start"]: test-only fault injection
 CONFLATED_STREAMS = frozenset({"video"})
 
 
@@ -67,6 +77,7 @@ class StageCounters:
     errors: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     skipped_video: int = 0
+    last_seq: dict[str, int] = field(default_factory=dict)  # per input stream, for a restart
 
     def snapshot(self) -> dict[str, Any]:
         # not dataclasses.asdict: it cannot rebuild a defaultdict
@@ -77,6 +88,7 @@ class StageCounters:
             "errors": self.errors,
             "dropped": dict(self.dropped),
             "skipped_video": self.skipped_video,
+            "last_seq": dict(self.last_seq),
         }
 
 
@@ -92,7 +104,16 @@ class Stage:
         self.stopping = False
         self.t0_ns: int | None = None  # session start on the shared clock (from "start")
         self._seq: dict[str, int] = defaultdict(int)
-        self._last_seq: dict[str, int] = {}
+        # Seeded on a restart with what the previous run last saw: the gap is counted as dropped.
+        self._last_seq: dict[str, int] = {
+            str(k): int(v) for k, v in (spec.params.get("resume_seq") or {}).items()
+        }
+        self.counters.last_seq = self._last_seq
+        self._flowing = False  # reported "flowing" (first output after a start)
+        self._eos_sent: dict[str, list[bytes]] = {}  # the last eos of each output stream (for repeats)
+        self._eos_seen: dict[str, tuple[int, int]] = {}  # (seq, t_capture_ns) of the last eos per input
+        self._eos_meta: dict[str, Any] = {}  # reason of the eos being handled, forwarded downstream
+        self._lost = spec.params.get("simulate_device_lost") or None
         self._last_stats = 0.0
         self.ctx = zmq.Context.instance()
         self.pub: zmq.Socket | None = None
@@ -130,17 +151,60 @@ class Stage:
     def publish(self, msg: Message) -> None:
         if self.pub is None:
             raise RuntimeError(f"stage {self.name} has no output socket")
+        if self._lost and msg.stream == self._lost.get("stream"):
+            if self._lost.get("done"):
+                return  # the simulated device is gone
+            if msg.kind != "eos" and msg.t_media_s >= float(self._lost.get("at_s", 0.0)):
+                self._lost["done"] = True
+                self.device_lost(msg.stream, msg.t_media_s, "simulated device", "simulate_device_lost (test)")
+                return
         msg.seq = self._seq[msg.stream]
         self._seq[msg.stream] += 1
         msg.trace.setdefault(self.name, now_ns())
         # PUB never blocks: at the high-water mark ZeroMQ drops, and the
         # subscriber's sequence check counts it.
-        self.pub.send_multipart(msg.encode(), copy=False)
+        frames = msg.encode()
+        if msg.kind == "eos":
+            self._eos_sent[msg.stream] = [bytes(f) for f in frames]
+        self.pub.send_multipart(frames, copy=False)
         self.counters.published += 1
+        if not self._flowing and msg.kind != "eos":
+            self._flowing = True
+            self.report("flowing", stream=msg.stream)
+
+    def repeat_eos(self, copies: int = 10, interval_s: float = 0.1) -> None:
+        """Send each output stream's last eos again, a few times (consumers drop the copies).
+
+        PUB drops at the high-water mark, and the eos that ends a fast source is the
+        message most likely to meet a full queue (video queues only `video_hwm` frames):
+        without the copies, a file replayed with --pace fast could end without its eos."""
+        if self.pub is None or not self._eos_sent:
+            return
+        for _ in range(copies):
+            time.sleep(interval_s)
+            for frames in self._eos_sent.values():
+                self.pub.send_multipart(frames)
 
     def publish_eos(self, t_media_s: float, streams: list[str] | None = None) -> None:
+        # An upstream eos's reason (e.g. "device_lost") travels on with the eos it causes.
+        meta = {"reason": self._eos_meta["reason"]} if self._eos_meta.get("reason") else {}
         for stream in streams or self.output_streams:
-            self.publish(Message("eos", stream, 0, now_ns(), t_media_s))
+            self.publish(Message("eos", stream, 0, now_ns(), t_media_s, meta=dict(meta)))
+
+    def device_lost(self, stream: str, t_media_s: float, device: str, error: str) -> None:
+        """Sources: the device behind `stream` vanished. End that stream with reason
+        "device_lost" (consumers forward the reason; fusion masks the modality) and tell
+        the supervisor, which logs it and lists it in the run's result."""
+        log.error("%s: %s lost at %.2f s (stream %r): %s", self.name, device, t_media_s, stream, error)
+        self._lost = {"stream": stream, "done": True}  # nothing more goes out on that stream
+        msg = Message("eos", stream, 0, now_ns(), t_media_s, meta={"reason": "device_lost", "device": device})
+        msg.seq = self._seq[stream]
+        msg.trace.setdefault(self.name, now_ns())
+        assert self.pub is not None
+        self._eos_sent[stream] = [bytes(f) for f in msg.encode()]
+        self.pub.send_multipart(self._eos_sent[stream])
+        self.counters.published += 1
+        self.report("device_lost", stream=stream, device=device, error=error, t_media_s=t_media_s)
 
     def media_time_now(self) -> float:
         """Seconds since the session started, on the shared clock (live sources)."""
@@ -179,23 +243,33 @@ class Stage:
     # ---- main loop ---------------------------------------------------------
     def _open_sockets(self) -> None:
         tcfg = self.config.transport
-        self.control = self.ctx.socket(zmq.PUSH)
+        # CURVE on every socket when the transport asks for it (engine/security.py).
+        self.security = SocketSecurity(tcfg, self.ctx)
+        self.control = self.security.client(self.ctx.socket(zmq.PUSH))
         self.control.setsockopt(zmq.LINGER, 1000)
         self.control.setsockopt(zmq.SNDHWM, 1000)
         self.control.connect(self.spec.control_address)
-        self.commands = self.ctx.socket(zmq.SUB)
+        self.commands = self.security.client(self.ctx.socket(zmq.SUB))
+        self.commands.setsockopt(zmq.MAXMSGSIZE, 1 << 16)
         self.commands.setsockopt(zmq.SUBSCRIBE, b"all")
         self.commands.setsockopt(zmq.SUBSCRIBE, self.name.encode())
         self.commands.connect(self.spec.command_address)
         if self.spec.output_address:
-            self.pub = self.ctx.socket(zmq.PUB)
-            video_only = self.output_streams == ["video"] and tcfg.conflate_video
-            self.pub.setsockopt(zmq.SNDHWM, tcfg.video_hwm if video_only else tcfg.hwm)
+            self.pub = self.security.server(self.ctx.socket(zmq.PUB))
+            # A PUB that carries conflated video (media: video + audio) queues at most video_hwm
+            # messages per subscriber, so one that stops reading cannot make this process hold
+            # hundreds of frames; live consumers still have their own receive queues (RCVHWM).
+            video_out = "video" in self.output_streams and tcfg.conflate_video
+            self.pub.setsockopt(zmq.SNDHWM, tcfg.video_hwm if video_out else tcfg.hwm)
             self.pub.setsockopt(zmq.LINGER, 500)
             self.pub.bind(self.spec.output_address)
         if self.spec.inputs:
-            self.sub = self.ctx.socket(zmq.SUB)
-            self.sub.setsockopt(zmq.RCVHWM, tcfg.hwm)
+            self.sub = self.security.client(self.ctx.socket(zmq.SUB))
+            # Memory stays bounded: conflated video (newest wins) queues a few frames, not
+            # `hwm` of them, and a frame larger than any valid one is refused unread.
+            video_only = tcfg.conflate_video and all(s in CONFLATED_STREAMS for s in self.spec.inputs)
+            self.sub.setsockopt(zmq.RCVHWM, tcfg.video_hwm if video_only else tcfg.hwm)
+            self.sub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
             self.sub.setsockopt(zmq.LINGER, 0)
             for stream, address in self.spec.inputs.items():
                 self.sub.setsockopt(zmq.SUBSCRIBE, stream.encode())
@@ -216,6 +290,9 @@ class Stage:
                 log.warning("%s: %d message(s) dropped on stream %r", self.name, missing, key)
         # seq <= last means the publisher restarted: start counting afresh.
         self._last_seq[key] = msg.seq
+        if not self._flowing and self.pub is None:  # a sink: data reaches it again
+            self._flowing = True
+            self.report("flowing", stream=key)
 
     def _receive_batch(self, timeout_ms: int) -> list[Message]:
         assert self.sub is not None
@@ -234,6 +311,11 @@ class Stage:
                 self.counters.malformed += 1
                 log.warning("%s: malformed message dropped: %s", self.name, exc)
                 continue
+            if msg.kind == "eos":
+                key = (msg.seq, msg.t_capture_ns)
+                if self._eos_seen.get(msg.stream) == key:
+                    continue  # a repeated copy of an eos already handled (Stage.repeat_eos)
+                self._eos_seen[msg.stream] = key
             self._track_sequence(msg)
             batch.append(msg)
         if not self.config.transport.conflate_video:
@@ -254,7 +336,11 @@ class Stage:
     def _dispatch(self, msg: Message) -> None:
         try:
             if msg.kind == "eos":
-                self.on_eos(msg)
+                self._eos_meta = msg.meta
+                try:
+                    self.on_eos(msg)
+                finally:
+                    self._eos_meta = {}
             else:
                 self.on_message(msg)
         except FatalStageError:
@@ -270,6 +356,9 @@ class Stage:
                 self._poll_commands()
 
     def run(self) -> int:
+        if self.params.get("crash_at_start"):  # test-only fault injection (module docstring)
+            log.error("%s: crash_at_start is set: exiting with code %d", self.name, EXIT_CRASH_INJECTED)
+            return EXIT_CRASH_INJECTED
         _install_signal_handlers(self)
         self._open_sockets()
         try:
@@ -290,6 +379,7 @@ class Stage:
                 if not self.stopping:
                     self.report("started")
                     self.produce()
+                    self.repeat_eos()
                     self.maybe_send_stats(force=True)
                     self.report("done")
             else:
@@ -297,7 +387,10 @@ class Stage:
                     self._poll_commands()
                     if self.sub is not None:
                         for msg in self._receive_batch(20):
+                            if self.stopping:  # a stop request beats a long backlog
+                                break
                             self._dispatch(msg)
+                            self.maybe_send_stats()  # a long backlog must not silence the counters
                     else:
                         time.sleep(0.02)
                     self.on_idle()
@@ -316,6 +409,11 @@ class Stage:
                 if sock is not None:
                     sock.close(linger=200)
             self.control.close(linger=500)
+            self.security.close()
+            # Flush what is still queued (up to each socket's linger) before the interpreter
+            # frees the buffers that zero-copy frames point at: exiting with frames in flight
+            # crashed a fast source with SIGSEGV / "Bad address (src/tcp.cpp)" and lost its eos.
+            self.ctx.destroy(linger=0)
         return EXIT_OK
 
     def finish(self) -> None:

@@ -2,8 +2,14 @@
 restarts a stage that dies (with back-off), and stops everything cleanly.
 
 Control plane (JSON, never pickle):
-    stages  --PUSH-->  supervisor PULL   ready / waiting / started / stats / done / fatal
+    stages  --PUSH-->  supervisor PULL   ready / waiting / started / flowing / stats / done /
+                                         fatal / device_lost
     supervisor PUB --> stages SUB        start {t0_ns} / stop   (topic "all" or a stage name)
+
+Every restart is timed and recorded (`RunResult.restart_log`, one log line each):
+when the death was seen, how long until the new process was spawned (the back-off,
+0.2 s for a first failure), until it was ready, and until its output resumed.
+Counters survive restarts: the result adds up every run of a stage.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 import zmq
 
 from sentistream.engine.config import EngineConfig
-from sentistream.engine.messages import MessageError, decode, now_ns
+from sentistream.engine.messages import MAX_FRAME_BYTES, MessageError, decode, now_ns
+from sentistream.engine.security import SocketSecurity
 from sentistream.engine.stage import EXIT_FATAL, StageSpec
 from sentistream.pipelines.definition import Pipeline, StageDef
 
@@ -52,6 +59,10 @@ class StageProcess:
     done: bool = False
     last_stats: dict[str, Any] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
+    carried: dict[str, Any] = field(default_factory=dict)  # counters of earlier runs of this stage
+    resume: dict[str, Any] = field(default_factory=dict)  # what the last run reported: t_media_s, last_seq
+    died_at: float | None = None  # monotonic time its death was seen
+    pending_restart: dict[str, Any] | None = None  # the restart record being timed
 
 
 @dataclass
@@ -61,6 +72,10 @@ class RunResult:
     restarts: dict[str, int]
     stats: dict[str, dict[str, Any]]
     error: str = ""
+    # one record per restart: stage, exit_code, uptime_s, failures_in_row, backoff_s, died_at_s
+    # (session time), respawn_s / ready_s / flowing_s (seconds after the death was seen)
+    restart_log: list[dict[str, Any]] = field(default_factory=list)
+    device_events: list[dict[str, Any]] = field(default_factory=list)  # cameras / microphones lost
 
 
 class Supervisor:
@@ -81,6 +96,8 @@ class Supervisor:
         self.error = ""
         self.events_seen = 0
         self._stop_reason = ""
+        self.restart_log: list[dict[str, Any]] = []
+        self.device_events: list[dict[str, Any]] = []
         self.stages: dict[str, StageProcess] = {}
         self.events_address = self._events_address()
         self._build_specs()
@@ -140,6 +157,9 @@ class Supervisor:
         sp.started_at = time.monotonic()
         sp.ready = sp.started = False
         log.info("started stage %s (pid %d)", sp.spec.name, sp.proc.pid)
+        if sp.pending_restart is not None and sp.died_at is not None:
+            sp.pending_restart["respawn_s"] = round(sp.started_at - sp.died_at, 3)
+            sp.pending_restart["pid"] = sp.proc.pid
 
     def _restart_later(self, sp: StageProcess, code: int) -> None:
         cfg = self.config.supervisor
@@ -152,13 +172,24 @@ class Supervisor:
         level = logging.WARNING if sp.consecutive_failures < 3 else logging.ERROR
         log.log(
             level,
-            "stage %s exited with code %s after %.1f s; restarting in %.2f s (failure %d in a row)",
+            "stage %s exited with code %s after %.1f s; restarting in %.2f s (failure %d in a row%s)",
             sp.spec.name,
             code,
             uptime,
             delay,
             sp.consecutive_failures,
+            "; it keeps crashing: backing off" if sp.consecutive_failures >= 3 else "",
         )
+        record = {
+            "stage": sp.spec.name,
+            "exit_code": code,
+            "uptime_s": round(uptime, 3),
+            "failures_in_row": sp.consecutive_failures,
+            "backoff_s": round(delay, 3),
+            "died_at_s": round((now_ns() - self.t0_ns) / 1e9, 3) if self.t0_ns else None,
+        }
+        self.restart_log.append(record)
+        sp.pending_restart = record
 
     def _check_processes(self) -> None:
         now = time.monotonic()
@@ -170,13 +201,18 @@ class Supervisor:
                     if sp.spec.is_source and self.t0_ns is not None:
                         # A restarted source rejoins the session clock where it left off.
                         sp.spec.params["t0_ns"] = self.t0_ns
-                        sp.spec.params["resume_from_s"] = float(sp.last_stats.get("t_media_s", 0.0))
+                        sp.spec.params["resume_from_s"] = float(sp.resume.get("t_media_s", 0.0))
+                    elif not sp.spec.is_source:
+                        # What it missed while down is counted as dropped (see Stage._last_seq).
+                        sp.spec.params["resume_seq"] = dict(sp.resume.get("last_seq") or {})
                     self._spawn(sp)
                 continue
             code = sp.proc.poll()
             if code is None:
                 continue
             sp.proc = None
+            sp.died_at = now
+            self._fold_counters(sp)
             if self.stopping:
                 continue
             if code == EXIT_FATAL:
@@ -195,8 +231,32 @@ class Supervisor:
         kind = body.get("type")
         if kind == "ready":
             sp.ready = True
+            if sp.pending_restart is not None and sp.died_at is not None:
+                sp.pending_restart["ready_s"] = round(time.monotonic() - sp.died_at, 3)
         elif kind == "started":
             sp.started = True
+        elif kind == "flowing":
+            rec = sp.pending_restart
+            if rec is not None and sp.died_at is not None:
+                rec["flowing_s"] = round(time.monotonic() - sp.died_at, 3)
+                sp.pending_restart = None
+                log.warning(
+                    "stage %s is back: respawned %.2f s after it died, ready after %.2f s, output resumed after %.2f s",
+                    sp.spec.name, rec.get("respawn_s", -1), rec.get("ready_s", -1), rec["flowing_s"],
+                )
+        elif kind == "device_lost":
+            event = {
+                "stage": sp.spec.name,
+                "stream": str(body.get("stream")),
+                "device": str(body.get("device")),
+                "error": str(body.get("error")),
+                "t_media_s": body.get("t_media_s"),
+            }
+            self.device_events.append(event)
+            log.error(
+                "%s lost: %s (stage %s, stream %s, at %.2f s); the session goes on, that modality is masked",
+                event["device"], event["error"], event["stage"], event["stream"], float(event["t_media_s"] or 0.0),
+            )
         elif kind == "stats":
             prev = sp.last_stats.get("counters", {})
             sp.last_stats = body
@@ -227,11 +287,15 @@ class Supervisor:
         on_status: Callable[[dict[str, StageProcess]], None] | None = None,
     ) -> RunResult:
         self.t0_ns: int | None = None
-        self.control = self.ctx.socket(zmq.PULL)
+        # CURVE on every socket when the transport asks for it (engine/security.py).
+        self.security = SocketSecurity(self.config.transport, self.ctx)
+        self.control = self.security.server(self.ctx.socket(zmq.PULL))
+        self.control.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         self.control.bind(self.control_address)
-        self.command = self.ctx.socket(zmq.PUB)
+        self.command = self.security.server(self.ctx.socket(zmq.PUB))
         self.command.bind(self.command_address)
-        self.events = self.ctx.socket(zmq.SUB)
+        self.events = self.security.client(self.ctx.socket(zmq.SUB))
+        self.events.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         self.events.setsockopt(zmq.SUBSCRIBE, b"events")
         self.events.connect(self.events_address)
         previous = {sig: signal.signal(sig, lambda *_: self.stop("signal")) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -259,6 +323,13 @@ class Supervisor:
                     elif now > ready_deadline:
                         missing = [n for n, sp in self.stages.items() if not sp.ready]
                         self.error = f"stages not ready after {self.config.supervisor.ready_timeout_s:.0f} s: {missing}"
+                        crashing = [
+                            f"{n} ({sp.consecutive_failures} crashes in a row)"
+                            for n, sp in self.stages.items()
+                            if not sp.ready and sp.consecutive_failures
+                        ]
+                        if crashing:
+                            self.error += f"; crashing: {', '.join(crashing)}"
                         self.stop("timeout")
                 # Resend "start" until every source confirms (PUB is fire-and-forget).
                 if self.t0_ns is not None and now - last_start_sent > 0.2:
@@ -281,13 +352,30 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         code = 0 if self._stop_reason in ("complete", "signal", "requested") and not self.error else 1
+        for rec in self.restart_log:
+            log.warning(
+                "restart of %s (exit code %s, died at %s s): respawned after %s s, ready after %s s, "
+                "output resumed after %s s",
+                rec["stage"], rec["exit_code"], rec.get("died_at_s"), rec.get("respawn_s", "-"),
+                rec.get("ready_s", "-"), rec.get("flowing_s", "-"),
+            )
         return RunResult(
             exit_code=code,
             events=self.events_seen,
             restarts={n: sp.restarts for n, sp in self.stages.items()},
-            stats={n: sp.last_stats.get("counters", {}) for n, sp in self.stages.items()},
+            stats={n: _add_counters(sp.carried, sp.last_stats.get("counters", {})) for n, sp in self.stages.items()},
             error=self.error,
+            restart_log=[dict(r) for r in self.restart_log],
+            device_events=list(self.device_events),
         )
+
+    def _fold_counters(self, sp: StageProcess) -> None:
+        """A stage process ended: keep its counters and what a restart resumes from."""
+        counters = sp.last_stats.get("counters", {})
+        sp.carried = _add_counters(sp.carried, counters)
+        sp.resume = {"t_media_s": sp.last_stats.get("t_media_s", sp.resume.get("t_media_s", 0.0)),
+                     "last_seq": counters.get("last_seq", {})}
+        sp.last_stats = {}
 
     def _drain_control(self) -> None:
         while True:
@@ -325,25 +413,50 @@ class Supervisor:
             self._send_command("all", {"type": "stop"})
         except zmq.ZMQError:
             pass
-        procs = [sp.proc for sp in self.stages.values() if sp.proc is not None]
-        for p in procs:
+        procs = [(sp, sp.proc) for sp in self.stages.values() if sp.proc is not None]
+        for _, p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.supervisor.stop_timeout_s
-        for p in procs:
+        start = time.monotonic()
+        deadline = start + self.config.supervisor.stop_timeout_s
+        for sp, p in procs:
+            # A stage still in setup (loading models) has nothing to flush: 1 s, not stop_timeout_s.
+            until = deadline if sp.ready else min(deadline, start + 1.0)
             try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+                p.wait(timeout=max(0.1, until - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("stage pid %d did not stop in time; killing it", p.pid)
+                if sp.ready:
+                    log.warning("stage pid %d did not stop in time; killing it", p.pid)
                 p.kill()
                 p.wait()
+        self._drain_control()  # the stages' final counters, sent as they stopped
         for sock in (self.control, self.command, self.events):
             sock.close(linger=0)
+        self.security.close()
         if self._own_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def all_pids(self) -> list[int]:
         return [pid for sp in self.stages.values() for pid in sp.pids]
+
+
+def _add_counters(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Stage counters of two runs of one stage, added up (`last_seq` is not a count)."""
+    out: dict[str, Any] = {}
+    for key in set(a) | set(b):
+        if key == "last_seq":
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) or isinstance(y, dict):
+            d = dict(x or {})
+            for k, v in (y or {}).items():
+                d[k] = d.get(k, 0) + v
+            out[key] = d
+        elif isinstance(x or 0, (int, float)) and isinstance(y or 0, (int, float)):
+            out[key] = (x or 0) + (y or 0)
+        else:  # not a count: the newest value
+            out[key] = y if y is not None else x
+    return out
 
 
 def _die_with_parent() -> None:

@@ -43,7 +43,27 @@ class FileSource(Stage):
             raise FatalStageError(str(exc)) from None
         if not (info.has_video or info.has_audio):
             raise FatalStageError(f"media file {self.path} has neither a video nor an audio track")
+        self.declared_s = info.duration_s
         self.media_pos = float(self.params.get("resume_from_s", 0.0))
+        if not self.params.get("resume_from_s"):
+            self._check_decodable()
+
+    def _check_decodable(self) -> None:
+        """Fail before the session starts, in one line, on a file with nothing to play."""
+        from sentistream.perception.media import MediaError, iter_media
+
+        src = self.config.source
+        items = iter_media(self.path, src.sample_rate, src.audio_chunk_ms, src.width, src.height)
+        try:
+            first = next(items, None)
+        except MediaError as exc:
+            raise FatalStageError(str(exc)) from None
+        finally:
+            items.close()
+        if first is None:
+            raise FatalStageError(
+                f"media file {self.path} holds no decodable video frames or audio samples (empty or damaged)"
+            )
 
     def stats_extra(self) -> dict:
         return {"t_media_s": self.media_pos}
@@ -65,10 +85,24 @@ class FileSource(Stage):
         offset = 0.0
         while not self.stopping:
             length = self._play_once(offset, duration)
+            if offset == 0.0 and not self.stopping:
+                self._check_damage(length, duration)
             if length <= 0 or not src.loop or offset + length >= duration:
                 break
             offset += length
         self.publish_eos(self.media_pos)
+
+    def _check_damage(self, length: float, duration: float) -> None:
+        """After the first pass: an empty or truncated file gets one clear line."""
+        if self.counters.published == 0 and not self.params.get("resume_from_s"):
+            raise FatalStageError(
+                f"media file {self.path} holds no decodable video frames or audio samples (empty or damaged)"
+            )
+        if self.declared_s > length + 1.0 and duration > length + 1.0:
+            log.warning(
+                "%s: media file %s ended at %.1f s but declares %.1f s: it is truncated or damaged; "
+                "what could be decoded was played", self.name, self.path, length, self.declared_s,
+            )
 
     def _play_once(self, offset: float, duration: float) -> float:
         """Play the file once with media times shifted by `offset`; returns its length in s."""
@@ -132,8 +166,9 @@ class CameraSource(Stage):
             if not ok or bgr is None:
                 failures += 1
                 if failures >= 50:  # about 2-5 s without a frame: the camera is gone
-                    log.error("%s: camera %d stopped delivering frames", self.name, self.config.source.camera_index)
-                    self.publish(Message("eos", "video", 0, now_ns(), t, meta={"reason": "device_lost"}))
+                    # eos(reason "device_lost") downstream + a report the supervisor logs
+                    self.device_lost("video", t, f"camera {self.config.source.camera_index}",
+                                     "stopped delivering frames")
                     return
                 time.sleep(0.05)
                 self.service()
@@ -208,10 +243,9 @@ class MicrophoneSource(Stage):
                 except queue.Empty:
                     silent_for += 0.1
                     if silent_for > 5.0:
-                        log.error("%s: microphone %r stopped delivering audio", self.name, self.device_name)
-                        self.publish(
-                            Message("eos", "audio", 0, now_ns(), self.media_time_now(), meta={"reason": "device_lost"})
-                        )
+                        # eos(reason "device_lost") downstream + a report the supervisor logs
+                        self.device_lost("audio", self.media_time_now(), f"microphone {self.device_name!r}",
+                                         "stopped delivering audio")
                         return
                     self.service()
                     continue
