@@ -44,6 +44,7 @@ class FusionStage(Stage):
         self.model.warm_up()
         self.expected_inputs = set(self.params.get("expected_inputs", []))
         self.ended: set[str] = set()
+        self.lost: dict[str, str] = {}  # modality -> why its input ended (e.g. device_lost)
         self.clock = 0.0
         self.event_seq = 0
         # The newest message of each stream and when it arrived here (latency breakdown).
@@ -80,6 +81,12 @@ class FusionStage(Stage):
         self._emit_due()
 
     def on_eos(self, msg: Message) -> None:
+        reason = msg.meta.get("reason")
+        if reason:
+            modality = {"face": "vision", "audio_feat": "audio", "words": "text"}.get(msg.stream, msg.stream)
+            if modality not in self.lost:
+                log.error("fusion: %s input ended (%s); it is masked from now on", modality, reason)
+            self.lost[modality] = str(reason)
         self.ended.add(msg.stream)
         self.clock = max(self.clock, msg.t_media_s)
         if self.expected_inputs and self.ended >= self.expected_inputs:
@@ -133,6 +140,8 @@ class FusionStage(Stage):
         }
         if final:
             event["final"] = True
+        if self.lost:
+            event["ended"] = dict(self.lost)
         self.event_seq += 1
         self.new_words = []
         capture = max((m.t_capture_ns for m, _ in self.latest.values()), default=t_emit)
