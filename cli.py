@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "sentistream.engine.fusion_server",  # sentistream serve
     "sentistream.bench.cli",  # sentistream bench <latency|throughput|soak|perception|accuracy>
     "sentistream.engine.security",  # sentistream keys (CURVE key pairs)
+    "sentistream.models.train_cli",  # sentistream train / train-live
 ]
 
 

@@ -1,0 +1,71 @@
+"""`sentistream train` (any zoo model on any supported dataset) and `sentistream train-live`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_train(args) -> int:
+    import tomllib
+
+    from sentistream.models import registry
+    from sentistream.models.data import load_dataset
+    from sentistream.models.training import TrainConfig, train_seeds
+
+    if args.model not in registry.available():
+        print(f"error: unknown model {args.model!r} (available: {', '.join(registry.available())})", file=sys.stderr)
+        return 2
+    try:
+        data = load_dataset(args.data)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: cannot load {args.data}: {exc}", file=sys.stderr)
+        return 2
+    overrides: dict = {}
+    hparams: dict = {}
+    if args.config:
+        table = tomllib.loads(Path(args.config).read_text())
+        overrides.update(table.pop("train", {}))
+        hparams.update(table)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    cfg = TrainConfig.for_model(args.model, **overrides)
+    if cfg.unknown_keys:
+        print(f"error: unknown [train] key(s): {', '.join(cfg.unknown_keys)}", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    result = train_seeds(args.model, data, cfg, seeds=seeds, hparams=hparams or None)
+    summary = {"model": args.model, "data": str(args.data), "seeds": seeds,
+               "valid": result.valid, "test": result.test}
+    if args.out:
+        best = min(result.results, key=lambda r: r.valid.get(cfg.select_metric, float("inf"))
+                   if cfg.select_metric == "mae" else -r.valid.get(cfg.select_metric, 0.0))
+        registry.save_checkpoint(best.model, args.out, meta={
+            "data": str(args.data), "seed": best.seed, "valid": best.valid, "test": best.test,
+            "normalisation": getattr(data, "normalisation", None) or {},
+        })
+        summary["checkpoint"] = str(args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_train_live(args) -> int:
+    from sentistream.models.live_training import main
+
+    return main(args.rest)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a zoo model (MMSA pickle, MOSI npz, MOSI transcripts, extract output)")
+    p.add_argument("--model", required=True, help="registry name: almt, kuda, msfn, mldfa, tfn, lmf, mult")
+    p.add_argument("--data", required=True, help="an MMSA/extract .pkl, the MOSI .npz or mosi_transcripts.csv")
+    p.add_argument("--config", default=None, help="TOML: hyper-parameters at top level, a [train] table")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (mean ± std is reported)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", default="", help="save the seed best on validation as .safetensors")
+    p.set_defaults(func=cmd_train)
+    live = subparsers.add_parser("train-live", help="train the shipped live model (see models/MODEL_CARD.md)",
+                                 add_help=False)
+    live.add_argument("rest", nargs="*", help="arguments for models/live_training.py (--help for them)")
+    live.set_defaults(func=cmd_train_live)

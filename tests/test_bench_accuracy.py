@@ -1,0 +1,90 @@
+"""`sentistream bench accuracy --quick` on a subsample: JSON structure, key names, markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentistream.bench import accuracy
+
+NPZ = accuracy.DEFAULT_NPZ
+CSV = accuracy.DEFAULT_CSV
+
+needs_data = pytest.mark.skipif(not (NPZ.is_file() and CSV.is_file()), reason="shared MOSI data not found")
+
+
+def _minilm_available() -> bool:
+    try:
+        from sentistream.perception.text import default_model_dir
+
+        return os.path.isfile(os.path.join(default_model_dir(), "config.json"))
+    except (ImportError, OSError):
+        return False
+
+
+@needs_data
+def test_quick_mode_structure(tmp_path: Path) -> None:
+    suites = ["mosi_utterance", "mosi_spoken"] + (["mosi_text"] if _minilm_available() else [])
+    rc = accuracy.main(["--quick", "--subsample", "90", "--suites", ",".join(suites),
+                        "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert "meta" in data
+    for suite in suites:
+        assert suite in data and suite in data["meta"]
+    # suite -> model -> metric (+ _std), accuracies as fractions
+    expected = {"mosi_utterance": set(accuracy.QUICK_MODELS["mosi_utterance"]),
+                "mosi_text": set(accuracy.QUICK_MODELS["mosi_text"])}
+    for suite, models in expected.items():
+        if suite not in suites:
+            continue
+        assert set(data[suite]) == models
+        for name, row in data[suite].items():
+            for k in accuracy.METRICS:
+                assert k in row and k + "_std" in row, (suite, name, k)
+                assert isinstance(row[k], float)
+            for k in ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5"):
+                assert 0.0 <= row[k] <= 1.0
+            assert row["mae"] >= 0
+            mm = data["meta"][suite]["models"][name]
+            assert mm["command"].startswith("sentistream bench accuracy")
+            assert "valid" in mm and "acc2_non0" in mm["valid"]
+        sm = data["meta"][suite]
+        for k in ("data", "seeds", "machine", "date"):
+            assert k in sm, (suite, k)
+        assert sm["seeds"] == [0]
+    # causal context verified, chosen K recorded
+    um = data["meta"]["mosi_utterance"]
+    assert all(v["violations"] == 0 for v in um["causal_check"].values())
+    assert all(m["context"] in (0, 2) for m in um["models"].values())
+    # no checkpoint -> the spoken suite says so and stays empty
+    assert data["mosi_spoken"] == {}
+    assert data["meta"]["mosi_spoken"]["status"] == "skipped: no shipped model"
+    md = (tmp_path / "accuracy.md").read_text()
+    assert "## mosi_utterance" in md and "floor" in md and "skipped: no shipped model" in md
+
+
+@needs_data
+def test_context_is_causal_and_flagged() -> None:
+    ds, causal = accuracy.load_utterance_data(NPZ, 3, None)
+    assert causal["violations"] == 0 and causal["sequences_checked"] == 2199
+    st = ds.train.text
+    assert st.dim == 101
+    lens = st.lengths
+    assert lens.max() == 4 and lens.min() == 1
+    for i in range(0, len(st), 97):
+        x = st.get(i)
+        np.testing.assert_array_equal(x[:, -1], np.r_[np.zeros(len(x) - 1), 1.0])
+
+
+def test_merge_keeps_other_entries(tmp_path: Path) -> None:
+    row = {k: 0.5 for k in accuracy.METRICS} | {k + "_std": 0.0 for k in accuracy.METRICS}
+    accuracy.merge_results(tmp_path, "mosi_text", {"a": row}, {"data": "x"}, {"a": {"command": "c1"}})
+    accuracy.merge_results(tmp_path, "mosi_text", {"b": row}, {"data": "x"}, {"b": {"command": "c2"}})
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert set(data["mosi_text"]) == {"a", "b"}
+    assert set(data["meta"]["mosi_text"]["models"]) == {"a", "b"}
+    assert list(data)[-1] == "meta"
