@@ -79,7 +79,13 @@ def test_transcripts_contain_the_spoken_words(demo_run, demo_meta):
     for e in events:
         for w in e["new_words"]:
             assert 0.0 <= w["start_s"] <= w["end_s"] <= demo_meta["duration_s"] + 0.1
-    assert sum(bool(e["context"]) for e in events) >= 10  # lag depends on load; text still reaches the model
+    # A committed word reaches the model: the event that carries it has it in its text context,
+    # unless the recogniser committed it later than the text look-back (possible under heavy load).
+    lookback = 8.0
+    carried = [(e, w) for e in events for w in e["new_words"] if e["window"]["t1"] - w["end_s"] < lookback - 0.5]
+    assert carried, "every word was committed later than the look-back"
+    for e, w in carried:
+        assert w["text"].strip() in e["context"], (w, e["context"])
 
 
 def test_sigkill_a_stage_restarts_it_and_events_resume(tmp_path):
