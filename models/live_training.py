@@ -493,15 +493,20 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(out)
+    meta["num_parameters"] = model.num_parameters()
     registry.save_checkpoint(model, out, meta)
+    meta["live_check"] = check_live_model(out, encoder)  # through the engine's LiveModel
     meta["checkpoint_bytes"] = out.stat().st_size
     meta["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    meta["num_parameters"] = model.num_parameters()
-    check = check_live_model(out, encoder)
-    meta["live_check"] = check
+    registry.save_checkpoint(model, out, meta)  # again, with the check: the card needs only this file
     if card:
         write_model_card(Path(card), meta, out)
     return meta
+
+
+def card_from_checkpoint(ckpt: Path, card: Path) -> None:
+    """Rewrite the model card from a checkpoint's metadata (no training)."""
+    write_model_card(Path(card), registry.read_checkpoint_metadata(ckpt)["meta"], Path(ckpt))
 
 
 def check_live_model(path: Path, encoder=None) -> dict[str, Any]:
@@ -600,6 +605,11 @@ evaluation). Seed {meta['seed']}, best epoch {meta['best_epoch']} of {meta['epoc
 |---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
+The ridge rows are this run's own frozen-encoder baseline (same tokens, mean-pooled and
+L2-normalised by the `TextEncoder`, alpha chosen by validation MAE); issue 4 quotes a measured floor
+of 79.9 % Acc2 non0 / MAE 0.96 / Corr 0.70 on std test for the same idea. Validation numbers are
+on 229 utterances and move by about ±0.02 MAE / ±1.5 points Acc2 between seeds.
+
 ### Robustness to audio / vision (same checkpoint)
 
 Score shift = mean / max |score(with A/V) − score(without)|, and the share of samples whose sign flips.
@@ -632,6 +642,9 @@ audio / face frames: {checks}.
 ```
 {meta['command']}
 ```
+
+(the same as `python -m sentistream.models.live_training {meta['command'].replace('sentistream train-live', '').strip()}`;
+`--help` lists the options; `--card-from {ckpt.name}` rewrites this card from the checkpoint's metadata.)
 
 Training: {meta['train']['optimizer']} lr {meta['train']['lr']}, weight decay {meta['train']['weight_decay']},
 batch {meta['train']['batch_size']}, {meta['train']['scheduler']} (warm-up {meta['train']['warmup_ratio']}),
@@ -670,7 +683,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the checkpoint meta as JSON")
+    p.add_argument("--card-from", type=Path, default=None, metavar="CKPT",
+                   help="only rewrite --card from CKPT's metadata (no training)")
     a = p.parse_args(argv)
+    if a.card_from:
+        card_from_checkpoint(a.card_from, Path(a.card or DEFAULT_CARD))
+        print(f"wrote {a.card or DEFAULT_CARD}")
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = json.loads(a.train) if a.train else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -67,5 +68,5 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_train)
     live = subparsers.add_parser("train-live", help="train the shipped live model (see models/MODEL_CARD.md)",
                                  add_help=False)
-    live.add_argument("rest", nargs="*", help="arguments for models/live_training.py (--help for them)")
+    live.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/live_training.py (--help for them)")
     live.set_defaults(func=cmd_train_live)

@@ -45,8 +45,8 @@ def _cfg(**kw) -> training.TrainConfig:
 
 # --------------------------------------------------------------------------- training loop
 def test_loop_overfits_tiny_dataset():
-    ds = _synthetic()
-    res = training.train_model("almt", ds, _cfg(), seed=0, hparams=TINY_ALMT)
+    ds = _synthetic(32)
+    res = training.train_model("almt", ds, _cfg(epochs=30, lr=5e-3), seed=0, hparams=TINY_ALMT)
     first = res.history[0]["valid_mae"]
     assert res.valid["mae"] < 0.35 * first, (first, res.valid["mae"])
     assert res.valid["acc2_has0"] > 0.9
@@ -272,3 +272,36 @@ def test_mosi_text_loader_caches_and_masks_av(tmp_path):
                                 cache_dir=tmp_path, progress=False)
     assert _FakeEncoder.calls > calls and len(list(tmp_path.glob("mosi_text_*.npz"))) == 2
     assert len(other.train) == 5
+
+
+# --------------------------------------------------------------------------- live trainer pieces
+def test_live_augment_shapes_like_live_windows():
+    from sentistream.models import live_training as lt
+
+    dims = ModalityDims(6, 5, 4)
+    rng = np.random.default_rng(0)
+    pool = lt.AVPool(audio=[rng.normal(size=(400, 5)).astype(np.float32)],
+                     vision=[rng.normal(size=(120, 4)).astype(np.float32)],
+                     audio_mean=np.zeros(5, np.float32), audio_std=np.ones(5, np.float32),
+                     vision_scale=np.full(4, 0.1, np.float32), vision_mean=np.zeros(4, np.float32), info={})
+    aug = lt.AVAugment(pool, dims, batch_prob=1.0, empty_text_prob=0.5, audio_frames=60, vision_frames=45)
+    ds = _synthetic(32, dims)
+    x, y = ds.train.batch(np.arange(32))
+    g = torch.Generator().manual_seed(0)
+    x2, y2 = aug(x, y.clone(), g)
+    x2.validate(dims)
+    assert x2.audio.shape[1] <= 60 and x2.vision.shape[1] <= 45
+    assert x2.audio_mask.any(1).all() and x2.vision_mask.any(1).all()
+    empty = ~x2.text_mask.any(1)
+    assert 0 < int(empty.sum()) < 32 and float(y2[empty].abs().sum()) == 0.0
+    assert torch.equal(y2[~empty], y[~empty])
+    np.testing.assert_allclose(lt.bin_frames(np.arange(10, dtype=np.float32)[:, None], 5)[:, 0],
+                               [0.5, 2.5, 4.5, 6.5, 8.5])
+
+
+def test_load_run_config_layers_user_toml(tmp_path):
+    user = tmp_path / "u.toml"
+    user.write_text("d = 32\n[train]\nlr = 0.5\n")
+    hp, cfg = training.load_run_config("almt", str(user), epochs=2)
+    assert hp["d"] == 32 and hp["tokens"] == registry.load_hparams("almt")["tokens"]
+    assert cfg.lr == 0.5 and cfg.epochs == 2
