@@ -41,7 +41,9 @@ Suites
     ``live_ref_text`` (reference transcript, text only: the mosi_text figure of the live model on the
     same utterances), ``live_asr_text`` (ASR transcript, audio and vision absent) and
     ``live_asr_text_audio`` (ASR transcript + the real audio features of the spoken utterance,
-    vision absent: a voice-only session); ASR rows also carry ``wer``. Skipped (recorded as
+    vision absent: a voice-only session) and the diagnostic ``live_asr_plain_text`` (the ASR
+    transcript written like the training transcripts: upper case, no punctuation or apostrophes;
+    it separates transcript *format* from word errors); ASR rows also carry ``wer``. Skipped (recorded as
     ``"skipped: no shipped model"``) when the checkpoint does not exist.
 
 ``--quick``: one seed, two epochs, two models per suite, a subsample of every split (tests).
@@ -78,7 +80,7 @@ DEFAULT_CHECKPOINT = REPO / "models" / "live_model.safetensors"
 SUITES = ("mosi_utterance", "mosi_text", "mosi_spoken")
 ZOO = ("almt", "kuda", "msfn", "mldfa", "tfn", "lmf", "mult")
 TEXT_HEADS = ("ridge", "mlp", "minilm_ft")
-SPOKEN_ROWS = ("live_ref_text", "live_asr_text", "live_asr_text_audio")
+SPOKEN_ROWS = ("live_ref_text", "live_asr_text", "live_asr_text_audio", "live_asr_plain_text")
 METRICS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5", "mae", "corr")
 DEFAULT_MODELS = {"mosi_utterance": ZOO, "mosi_text": TEXT_HEADS + ZOO, "mosi_spoken": SPOKEN_ROWS}
 QUICK_MODELS = {"mosi_utterance": ("lmf", "msfn"), "mosi_text": ("ridge", "mlp"),
@@ -821,13 +823,10 @@ def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cac
             "audio_feats": feats, "audio_s": audio_s, "asr_seconds": asr_seconds, "cached": ""}
 
 
-def live_scores(checkpoint: Path, texts: Sequence[str], audio: Sequence[np.ndarray] | None,
-                threads: int) -> np.ndarray:
-    """Scores of the live model exactly as the engine computes them for one window per utterance
-    (``LiveModel.inputs_for``: text tokens, audio frames binned + normalised; vision absent)."""
+def load_live(checkpoint: Path, threads: int):
+    """The engine's :class:`LiveModel` on ``checkpoint`` (eager, local), loaded once."""
     import torch
     from sentistream.engine.config import FusionConfig
-    from sentistream.engine.windowing import Window, WordSpan
     from sentistream.models.live import LiveModel
     from sentistream.perception.audio_features import feature_dim
     from sentistream.perception.face import FACE_FEATURE_DIM
@@ -835,8 +834,16 @@ def live_scores(checkpoint: Path, texts: Sequence[str], audio: Sequence[np.ndarr
 
     torch.set_num_threads(threads)
     cfg = FusionConfig(checkpoint=str(checkpoint), backend="eager", threads=threads)
-    live = LiveModel(cfg, TextEncoder(TextEncoderOptions(cache_size=0)), vision_dim=FACE_FEATURE_DIM,
+    return LiveModel(cfg, TextEncoder(TextEncoderOptions(cache_size=0)), vision_dim=FACE_FEATURE_DIM,
                      audio_dim=feature_dim(), local_only=True)
+
+
+def live_scores(live, texts: Sequence[str], audio: Sequence[np.ndarray] | None) -> np.ndarray:
+    """Scores of the live model exactly as the engine computes them for one window per utterance
+    (``LiveModel.inputs_for``: text tokens, audio frames binned + normalised; vision absent)."""
+    import torch
+    from sentistream.engine.windowing import Window, WordSpan
+
     out = np.zeros(len(texts), np.float32)
     with torch.inference_mode():
         for i, t in enumerate(texts):
@@ -886,6 +893,8 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
     from sentistream.models.registry import read_checkpoint_metadata
 
     ck = read_checkpoint_metadata(ckpt)
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    live = load_live(ckpt, args.threads)
     n = args.spoken_utterances or (4 if args.quick else None)
     sp = spoken_transcribe(Path(args.transcripts), n, args.asr, args.threads, cache=not args.quick)
     labels = np.asarray(sp["labels"], np.float32)
@@ -894,14 +903,15 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
     w_plain = plain_wer(refs, hyps)
     rows: dict[str, dict[str, float]] = {}
     model_meta: dict[str, dict[str, Any]] = {}
+    plain = [" ".join(_plain_words(h)).upper() for h in hyps]
     inputs = {"live_ref_text": (refs, None), "live_asr_text": (hyps, None),
-              "live_asr_text_audio": (hyps, sp["audio_feats"])}
+              "live_asr_text_audio": (hyps, sp["audio_feats"]), "live_asr_plain_text": (plain, None)}
     for name in models:
         if name not in inputs:
             raise SystemExit(f"mosi_spoken: unknown row {name!r} ({', '.join(SPOKEN_ROWS)})")
         texts, audio = inputs[name]
         t0 = time.perf_counter()
-        pred = live_scores(ckpt, texts, audio, args.threads)
+        pred = live_scores(live, texts, audio)
         m = regression_metrics("mosi", pred, labels)
         row = {k: float(m[k]) for k in METRICS}
         row.update({k + "_std": 0.0 for k in METRICS})
@@ -913,7 +923,11 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
                             "input": {"live_ref_text": "reference transcript, audio/vision absent",
                                       "live_asr_text": "ASR transcript, audio/vision absent",
                                       "live_asr_text_audio": "ASR transcript + audio features of the "
-                                                             "spoken utterance, vision absent"}[name],
+                                                             "spoken utterance, vision absent",
+                                      "live_asr_plain_text": "diagnostic: ASR transcript written like the "
+                                                             "MOSI transcripts (upper case, no punctuation "
+                                                             "or apostrophes, 0-10 as words), audio/vision "
+                                                             "absent; the engine does not do this"}[name],
                             "seconds": round(time.perf_counter() - t0, 1)}
     suite_meta = {
         **base_meta, "status": "ok",
@@ -926,13 +940,17 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
                     "reference transcripts have no apostrophes), 0-10 as words; wer_normalise: the "
                     "perception bench's normalise() (contractions expanded: penalises THERES vs there's)",
         "asr_seconds": round(float(sp["asr_seconds"]), 1), "audio_seconds": round(float(np.sum(sp["audio_s"])), 1),
-        "cache": sp["cached"], "checkpoint_meta_model": ck["model"],
+        "cache": sp["cached"], "checkpoint_meta_model": ck["model"], "checkpoint_sha256": sha,
+        "checkpoint_created": ck["meta"].get("created"), "checkpoint_command": ck["meta"].get("command"),
+        "checkpoint_test": ck["meta"].get("metrics", {}).get("test"),
         "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]],
         "notes": ["Single deterministic pass (no seeds): *_std are 0.",
                   "Scores are clipped to [-3, 3] as the live engine does.",
                   ("Compare live_ref_text (same model, same utterances, reference transcript) and "
                   "meta.mosi_text for the goal (within 3 points of mosi_text on acc2_non0).")],
     }
+    if hashlib.sha256(ckpt.read_bytes()).hexdigest() != sha:
+        raise RuntimeError(f"{ckpt} changed while the suite ran; run it again")
     if "live_ref_text" in rows and "live_asr_text" in rows:
         gap = rows["live_ref_text"]["acc2_non0"] - rows["live_asr_text"]["acc2_non0"]
         suite_meta["goal_status"] = (f"acc2_non0 gap reference-text minus ASR-text = {100 * gap:.1f} points: "
