@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,opensmile]'  # opensmile: so its optional extractor is tested
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

@@ -145,6 +145,15 @@ class EngineConfig:
             raise ConfigError(f"source.pace must be 'realtime' or 'fast', not {self.source.pace!r}")
         if self.source.sample_rate != 16000:
             raise ConfigError("source.sample_rate: the ASR and feature stages expect 16000 Hz")
+        extractor = getattr(self.audio_features, "extractor", "builtin")
+        if extractor not in ("builtin", "egemaps"):
+            raise ConfigError(f"audio_features.extractor must be 'builtin' or 'egemaps', not {extractor!r}")
+        if extractor == "egemaps":
+            import importlib.util
+
+            if importlib.util.find_spec("opensmile") is None:
+                raise ConfigError("audio_features.extractor = 'egemaps' needs the opensmile package: "
+                                  "pip install 'sentistream[opensmile]' (research / personal-use licence)")
         _validate_fusion(self.fusion)
         _validate_security(self.transport)
 

@@ -34,6 +34,9 @@ Choices where the paper is silent (or where the product differs):
   each of them wrote into the hyper-modality (the part of ``to_out`` applied to that modality's
   attention result, bias excluded). Normalised over present modalities.
 * Task loss MSE (reference code); AdamW, lr 1e-4, 10 % linear warm-up then cosine ([train] table).
+* The embedder's last layer computes queries and FFN rows for the ``T`` token positions only (the
+  sequence positions' outputs are never read): the same result as the full layer, ~3x less work
+  at MOSI shapes (500 vision steps).
 """
 
 from __future__ import annotations
@@ -65,9 +68,9 @@ class TokenEmbedder(nn.Module):
         h = torch.cat([self.extra.expand(b, -1, -1), self.proj(x)], dim=1)
         h = self.drop(self.pos(h))
         km = torch.cat([torch.ones(b, self.tokens, dtype=torch.bool, device=x.device), mask], dim=1)
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             h = layer(h, km)
-        return h[:, : self.tokens]
+        return self.layers[-1].forward_first(h, self.tokens, km)  # only the token outputs are read
 
 
 class AHLLayer(nn.Module):

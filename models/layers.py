@@ -127,6 +127,18 @@ class PreNormTransformerLayer(nn.Module):
         x = x + self.attn(q, kv, kv, key_mask)[0]
         return x + self.ff(self.norm_ff(x))
 
+    def forward_first(self, x: Tensor, n: int, key_mask: Optional[Tensor] = None) -> Tensor:
+        """Self-attention layer output at the first ``n`` positions only: ``forward(x)[:, :n]``.
+
+        A position's output depends on its own query and on every key / value, so when only a
+        prefix is used (learned tokens read out after the last layer) its queries and FFN rows
+        are all that must be computed: for ALMT at MOSI shapes (500 vision steps, 8 tokens) that
+        is most of the model's arithmetic saved, with the same result.
+        """
+        q = self.norm_q(x)
+        x = x[:, :n] + self.attn(q[:, :n], q, q, key_mask)[0]
+        return x + self.ff(self.norm_ff(x))
+
 
 class PostNormTransformerLayer(nn.Module):
     """Post-LN layer (original Transformer / ``nn.TransformerEncoderLayer`` default)."""

@@ -37,11 +37,19 @@ class AudioFeatureOptions:
     f0_max: float = 400.0
     yin_threshold: float = 0.2  # CMND dip below this = voiced (0.1-0.2 in the YIN paper; speech wants the loose end)
     silence_db: float = -60.0  # frames with RMS below this (dBFS) are unvoiced whatever YIN says
+    # "builtin" (this module, the default) or "egemaps": eGeMAPSv02 LLDs from the optional
+    # opensmile package (research / personal-use licence: perception/egemaps.py). The other
+    # options above apply to "builtin" only.
+    extractor: str = "builtin"
 
 
 def feature_names(options: AudioFeatureOptions | None = None) -> tuple[str, ...]:
     """Column names of `AudioFeatureFrames.features`, in order."""
     o = options or AudioFeatureOptions()
+    if o.extractor == "egemaps":
+        from .egemaps import egemaps_feature_names
+
+        return egemaps_feature_names()
     return (
         tuple(f"logmel_{i}" for i in range(o.n_mels))  # natural log of mel-band power, floor log(1e-10)
         + tuple(f"mfcc_{i}" for i in range(o.n_mfcc))  # DCT-II (ortho) of the log-mel vector
@@ -58,6 +66,10 @@ def feature_names(options: AudioFeatureOptions | None = None) -> tuple[str, ...]
 
 def feature_dim(options: AudioFeatureOptions | None = None) -> int:
     o = options or AudioFeatureOptions()
+    if o.extractor == "egemaps":
+        from .egemaps import EGEMAPS_DIM
+
+        return EGEMAPS_DIM
     return o.n_mels + o.n_mfcc + 6
 
 
@@ -307,3 +319,16 @@ class AudioFeatureExtractor:
         silent = (rms_db < o.silence_db) | (e0[:, 0] <= 1e-12)
         f0 = np.where(has & ~silent, o.sample_rate / np.maximum(tau, 1.0), 0.0)
         return f0, np.where(silent, 0.0, vprob)
+
+
+def make_audio_extractor(options: AudioFeatureOptions | None = None):
+    """The extractor ``options.extractor`` names: ``AudioFeatureExtractor`` ("builtin") or the
+    optional ``egemaps.EgemapsExtractor``; both have ``process`` / ``flush`` / ``reset``."""
+    o = options or AudioFeatureOptions()
+    if o.extractor == "builtin":
+        return AudioFeatureExtractor(o)
+    if o.extractor == "egemaps":
+        from .egemaps import EgemapsExtractor
+
+        return EgemapsExtractor(o)
+    raise ValueError(f"audio_features.extractor must be 'builtin' or 'egemaps', not {o.extractor!r}")

@@ -63,13 +63,13 @@ class FeaturePipeline:
 
     def __init__(self, config) -> None:
         from sentistream.perception.asr import StreamingRecognizer, load_whisper
-        from sentistream.perception.audio_features import AudioFeatureExtractor, feature_dim
+        from sentistream.perception.audio_features import feature_dim, make_audio_extractor
         from sentistream.perception.face import FACE_FEATURE_DIM, FaceFeatureExtractor
         from sentistream.perception.text import TextEncoder
 
         self.config = config
         self.face = FaceFeatureExtractor(config.face)
-        self.audio = AudioFeatureExtractor(config.audio_features)
+        self.audio = make_audio_extractor(config.audio_features)
         self.recognizer = StreamingRecognizer(config.asr, load_whisper(config.asr))
         self.text = TextEncoder(config.text)
         self.vision_dim = FACE_FEATURE_DIM

@@ -305,3 +305,26 @@ def test_load_run_config_layers_user_toml(tmp_path):
     hp, cfg = training.load_run_config("almt", str(user), epochs=2)
     assert hp["d"] == 32 and hp["tokens"] == registry.load_hparams("almt")["tokens"]
     assert cfg.lr == 0.5 and cfg.epochs == 2
+
+
+def test_live_asr_copies_real_speech_and_whisper(tmp_path):
+    """train-live's ASR copies: real espeak-ng speech read by the engine's real Whisper, cached,
+    then appended to the train split with the same labels."""
+    from sentistream.bench.perception import wer
+    from sentistream.models import live_training as lt
+
+    texts = ["i really love this movie it is wonderful", "the acting was terrible and boring"]
+    hyps, info = lt.asr_transcripts(texts, tmp_path, seed=0)
+    assert len(hyps) == 2 and wer(texts, hyps) <= 0.35, hyps
+    assert list(tmp_path.glob("live_asr_text_*.npz")) and info["voices"]
+    again, _ = lt.asr_transcripts(texts, tmp_path, seed=0)  # from the cache: same words
+    assert again == hyps
+
+    split = data.SplitData(data.SequenceStore.from_list([np.ones((3, 4), np.float32), np.ones((2, 4), np.float32)], 4),
+                           data.SequenceStore.empty(2, 5), data.SequenceStore.empty(2, 3),
+                           np.array([1.5, -2.0], np.float32), np.array(["a", "b"]), raw_text=np.array(texts))
+    both = lt.with_asr_copies(split, hyps, _FakeEncoder(), {"impl": "fake"}, tmp_path, progress=False)
+    assert len(both) == 4 and list(both.labels) == [1.5, -2.0, 1.5, -2.0]
+    assert list(both.ids) == ["a", "b", "a#asr", "b#asr"] and list(both.raw_text[2:]) == hyps
+    assert [len(both.text.get(i)) for i in range(4)] == [3, 2] + [len(h.split()) + 2 for h in hyps]
+    assert not both.audio.lengths.any() and not both.vision.lengths.any()

@@ -10,9 +10,9 @@ from sentistream.engine.stage import Stage
 
 class AudioFeatureStage(Stage):
     def setup(self) -> None:
-        from sentistream.perception.audio_features import AudioFeatureExtractor
+        from sentistream.perception.audio_features import make_audio_extractor
 
-        self.extractor = AudioFeatureExtractor(self.config.audio_features)
+        self.extractor = make_audio_extractor(self.config.audio_features)
         self.expected_t: float | None = None
         self.last_msg: Message | None = None
 
