@@ -21,6 +21,7 @@ COMMAND_MODULES: list[str] = [
     "sentistream.perception.extract",
     "sentistream.engine.doctor",
     "sentistream.engine.fusion_server",  # sentistream serve
+    "sentistream.engine.asr_server",  # sentistream serve-asr
     "sentistream.bench.cli",  # sentistream bench <latency|throughput|soak|perception|accuracy>
     "sentistream.engine.security",  # sentistream keys (CURVE key pairs)
     "sentistream.models.train_cli",  # sentistream train / train-live

@@ -331,8 +331,12 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
                     f"{_fmt(w.get('1'))} | {_fmt(w.get('32'))} | {_fmt(w.get('256'))} | "
                     f"{'–' if diff is None else f'{diff:.1e}'} | {rec.get('build_s')} |"
                     + (f" error: {rec['error']}" if rec.get("error") else ""))
-    lines += ["", "## Live pipeline (real-time pace)", "",
-              "| run | events | frame→event p50 / p99 ms | newest frame→event p50 / p99 ms | "
+    lines += ["", "## Live pipeline (real-time pace)", ""]
+    ps = res.get("pipeline_stamp")
+    if ps:  # kept from an earlier full run by --skip-pipeline
+        lines += [f"Measured by an earlier run: date {ps.get('date')}; command `{ps.get('command')}`; "
+                  f"git {ps.get('git')}; load average {ps.get('loadavg_start')} / {ps.get('loadavg_end')}.", ""]
+    lines += ["| run | events | frame→event p50 / p99 ms | newest frame→event p50 / p99 ms | "
               "speech end→text p50 / p90 ms (words) | fusion model p50 ms | backend |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, m in res.get("pipeline", {}).items():
@@ -403,6 +407,27 @@ def write_plot(path: Path, res: dict[str, Any], cdfs: dict[str, dict[str, list[f
 
 
 # --------------------------------------------------------------------------- command
+PIPELINE_KEYS = ("pipeline", "pipeline_backend_primed", "frame_to_event_p50_ms", "frame_to_event_p99_ms",
+                 "newest_frame_to_event_p50_ms", "newest_frame_to_event_p99_ms", "speech_end_to_text_p50_ms")
+
+
+def _keep_previous_pipeline(path: Path, res: dict[str, Any]) -> None:
+    """``--skip-pipeline`` re-measures the fusion microbench only: keep the live-pipeline figures
+    already in ``path`` (with the stamp of the run that measured them) rather than dropping them."""
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if "pipeline" not in old:
+        return
+    for key in PIPELINE_KEYS:
+        if key in old:
+            res[key] = old[key]
+    res["pipeline_stamp"] = old.get("pipeline_stamp", old.get("stamp"))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -472,10 +497,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res[key] = {label: m.get(field_[0], {}).get(field_[1]) for label, m in res["pipeline"].items()}
     out_dir = Path(args.out_dir)
     stem = f"latency-{tag}{'-smoke' if smoke else ''}"
+    if args.skip_pipeline:
+        _keep_previous_pipeline(out_dir / f"{stem}.json", res)
     write_json(out_dir / f"{stem}.json", res)
     write_markdown(out_dir / f"{stem}.md", res)
     try:
-        write_plot(out_dir / f"{stem}.png", res, cdfs, fusion_cdf)
+        if "pipeline_stamp" in res and (out_dir / f"{stem}.png").is_file():
+            log.info("kept %s.png (its pipeline CDFs come from the run that measured them)", stem)
+        else:
+            write_plot(out_dir / f"{stem}.png", res, cdfs, fusion_cdf)
     except Exception as exc:  # matplotlib trouble must not lose the figures
         log.warning("plot not written: %s", exc)
     print(f"wrote {out_dir / (stem + '.json')}, .md, .png")

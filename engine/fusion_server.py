@@ -108,6 +108,52 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+def bind_router(ctx: zmq.Context, address: str, hwm: int = 10_000) -> tuple[zmq.Socket, str]:
+    """A server's ROUTER socket bound to ``address`` (``tcp://HOST:0`` = a free port), frames capped
+    at the engine's size limit; returns (socket, the bound address)."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    max_frame = getattr(messages, "MAX_FRAME_BYTES", 0)
+    if max_frame:
+        sock.setsockopt(zmq.MAXMSGSIZE, int(max_frame))
+    if address.endswith(":0") and address.startswith("tcp://"):
+        port = sock.bind_to_random_port(address.rsplit(":", 1)[0])
+        return sock, f"{address.rsplit(':', 1)[0]}:{port}"
+    sock.bind(address)
+    return sock, address
+
+
+def send_before(sock: zmq.Socket, msg: Message, deadline: float) -> bool:
+    """Send ``msg`` on a client socket (IMMEDIATE: nothing queues while no server is connected),
+    retrying until ``deadline`` (time.monotonic); False if it could not be sent by then."""
+    while True:
+        try:
+            sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+
+def serve_until_stopped(server: Any, banner: str, name: str) -> int:
+    """Print ``banner``, serve until SIGTERM / Ctrl-C, print the statistics, close."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
+    print(banner, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print(f"{name} stopped: {server.stats.snapshot()}", flush=True)
+        server.close()
+    return 0
+
+
 # --------------------------------------------------------------------------- server
 @dataclass
 class _Request:
@@ -164,19 +210,7 @@ class FusionServer:
         self.max_queue_per_session = int(max_queue_per_session)
         self.plan = plan
         self.ctx = context or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 10_000)
-        self.sock.setsockopt(zmq.SNDHWM, 10_000)
-        max_frame = getattr(messages, "MAX_FRAME_BYTES", 0)
-        if max_frame:
-            self.sock.setsockopt(zmq.MAXMSGSIZE, int(max_frame))
-        if address.endswith(":0") and address.startswith("tcp://"):
-            port = self.sock.bind_to_random_port(address.rsplit(":", 1)[0])
-            self.address = f"{address.rsplit(':', 1)[0]}:{port}"
-        else:
-            self.sock.bind(address)
-            self.address = address
+        self.sock, self.address = bind_router(self.ctx, address)
         self.queues: dict[bytes, deque[_Request]] = {}
         self._rr: deque[bytes] = deque()  # sessions with queued requests, in round-robin order
         self.pending_windows = 0
@@ -453,15 +487,8 @@ class RemoteFusion:
         return self._seq
 
     def _send(self, msg: Message, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
-                return
-            except zmq.Again:
-                if time.monotonic() >= deadline:
-                    raise RemoteFusionError(f"fusion server {self.address} is not reachable") from None
-                time.sleep(0.005)
+        if not send_before(self.sock, msg, time.monotonic() + timeout_s):
+            raise RemoteFusionError(f"fusion server {self.address} is not reachable")
 
     def _recv(self, timeout_s: float) -> Optional[Message]:
         if not self.sock.poll(max(0, int(timeout_s * 1000))):
@@ -568,20 +595,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import signal
-
-    signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
-    print(f"fusion server on {server.address}: {server.info['model']} via {server.info['backend']} "
-          f"({server.info['reason']}), max batch {server.max_batch}, "
-          f"max queue delay {server.delay_ns // 1000} us", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print(f"fusion server stopped: {server.stats.snapshot()}", flush=True)
-        server.close()
-    return 0
+    return serve_until_stopped(
+        server, f"fusion server on {server.address}: {server.info['model']} via {server.info['backend']} "
+                f"({server.info['reason']}), max batch {server.max_batch}, "
+                f"max queue delay {server.delay_ns // 1000} us", "fusion server")
 
 
 def register(subparsers) -> None:

@@ -42,6 +42,8 @@ KINDS = frozenset(
         "eos",  # end of stream
         "fusion_request",  # fusion server: a window's padded tensors + bool masks (engine/fusion_server.py)
         "fusion_reply",  # fusion server: float32 scores [B] + contributions [B, 3], or meta.error
+        "asr_request",  # Whisper server: float32 [N] 16 kHz clip + meta.options (engine/asr_server.py)
+        "asr_reply",  # Whisper server: meta.segments (words with times), or meta.error
     }
 )
 

@@ -55,6 +55,10 @@ class AsrOptions:
     # spoken MOSI std-valid utterances (batch WER 23.5 % at 30 s; 22.5 / 22.8 / 23.3 / 23.0 %
     # with 2 / 3 / 5 / 8 s of padding); bench/results/perception.json has the test figures.
     encoder_pad_s: float = 3.0
+    # "" = load the model in this process; "tcp://127.0.0.1:5561" = send the decodes to a Whisper
+    # server (`sentistream serve-asr`, engine/asr_server.py) that many sessions share.
+    server: str = ""
+    server_timeout_s: float = 10.0
     language: str = "en"  # "" or "auto" = let a multilingual model detect it
     min_decode_audio_s: float = 0.5  # new audio needed before another decode
     max_buffer_s: float = 15.0  # trim after committed words past this (Whisper's window is 30 s)
@@ -111,8 +115,13 @@ def resolve_device(options: AsrOptions) -> tuple[str, str]:
     return device, compute_type
 
 
-def load_whisper(options: AsrOptions) -> WhisperModel:
-    """The one place a Whisper model is loaded; never downloads."""
+def load_whisper(options: AsrOptions, num_workers: int = 1) -> WhisperModel:
+    """The one place a Whisper model is loaded; never downloads. With ``options.server`` set, a
+    client of that Whisper server (same ``transcribe`` interface) instead."""
+    if options.server:
+        from sentistream.engine.asr_server import RemoteWhisper
+
+        return RemoteWhisper(options.server, options.server_timeout_s)  # type: ignore[return-value]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = options.model_dir or default_model_dir()
     if not os.path.isfile(os.path.join(model_dir, "model.bin")):
@@ -128,6 +137,7 @@ def load_whisper(options: AsrOptions) -> WhisperModel:
         device=device,
         compute_type=compute_type,
         cpu_threads=options.cpu_threads,
+        num_workers=max(1, int(num_workers)),
         local_files_only=True,
     )
 
@@ -163,9 +173,9 @@ def _install_short_pad() -> None:
         _patched = True
 
 
-def _transcribe_words(model: Any, audio: np.ndarray, options: AsrOptions, **kwargs: Any) -> list[Any]:
-    """model.transcribe, segments consumed under the configured encoder padding."""
-    pad = int(round(max(0.0, options.encoder_pad_s) * 100))  # mel frames (10 ms each)
+def transcribe_segments(model: Any, audio: np.ndarray, encoder_pad_s: float, **kwargs: Any) -> list[Any]:
+    """``model.transcribe`` on a local WhisperModel, segments consumed under the encoder padding."""
+    pad = int(round(max(0.0, encoder_pad_s) * 100))  # mel frames (10 ms each)
     if pad > 0:
         _install_short_pad()
     token = _pad_frames.set(pad if pad < 3000 else 0)
@@ -174,6 +184,14 @@ def _transcribe_words(model: Any, audio: np.ndarray, options: AsrOptions, **kwar
         return list(segments)  # the generator decodes lazily: consume it while the pad is set
     finally:
         _pad_frames.reset(token)
+
+
+def _transcribe_words(model: Any, audio: np.ndarray, options: AsrOptions, **kwargs: Any) -> list[Any]:
+    """Segments of one decode, on a local model or a Whisper server (``RemoteWhisper``)."""
+    if getattr(model, "address", None) is not None and hasattr(model, "info"):  # RemoteWhisper
+        segments, _info = model.transcribe(audio, encoder_pad_s=options.encoder_pad_s, **kwargs)
+        return segments
+    return transcribe_segments(model, audio, options.encoder_pad_s, **kwargs)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -262,8 +280,17 @@ def _whisper_words(model: Any, audio: np.ndarray, options: AsrOptions, prompt: s
     # Speech is at most ~6 tokens/s: the cap bounds the cost of a repetition loop
     # (tiny.en falls into them now and then), which would otherwise run to 448 tokens.
     max_new = int(min(200, 16 + 8 * audio.size / SAMPLE_RATE))
-    segments = _transcribe_words(model, audio, options, initial_prompt=prompt or None, max_new_tokens=max_new,
-                                 **_decode_kwargs(options))
+    try:
+        segments = _transcribe_words(model, audio, options, initial_prompt=prompt or None,
+                                     max_new_tokens=max_new, **_decode_kwargs(options))
+    except RuntimeError as exc:
+        from sentistream.engine.asr_server import RemoteAsrError
+
+        if not isinstance(exc, RemoteAsrError):
+            raise
+        # The session goes on without this decode's words; the next decode re-reads the buffer.
+        log.warning("ASR decode skipped: %s", exc)
+        return []
     out: list[tuple[str, float, float, float]] = []
     for seg in segments:
         if not _keep_segment(seg, options):
