@@ -179,9 +179,10 @@ class AudioFeatureExtractor:
             x = to_float_mono(samples)
         except (TypeError, ValueError):
             x = np.zeros(0, np.float64)
-        bad = ~np.isfinite(x)
-        n_bad = int(bad.sum())
-        if n_bad:
+        n_bad = 0
+        if not np.isfinite(x).all():  # rare: one cheap check on the common path
+            bad = ~np.isfinite(x)
+            n_bad = int(bad.sum())
             x = np.where(bad, 0.0, x)
             self.nonfinite_total += n_bad
         if x.size or self._clock is None:
