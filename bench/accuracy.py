@@ -429,7 +429,8 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
                  f"features, declare_split only (train {ds0.sizes()['train']} / valid "
                  f"{ds0.sizes()['valid']} (= {ds0.info['valid']}) / test {ds0.sizes()['test']}), "
                  f"standardised with train statistics; causal context of K earlier utterances of "
-                 f"the same video, K chosen per model on valid from {contexts}"),
+                 f"the same video, K chosen per model on valid (this run tried {contexts}; each model's "
+                 f"own sweep: meta.models.<name>.context_sweep)"),
         "split": "declare_split; valid carved from declare-train by video", "seeds": list(seeds),
         "contexts_tried": contexts, "causal_check": {str(k): v for k, v in causal.items()},
         "selection": ("K per model by the validation criterion (select_metric, MAE by default) of its "
