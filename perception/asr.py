@@ -188,7 +188,9 @@ def transcribe_segments(model: Any, audio: np.ndarray, encoder_pad_s: float, **k
 
 def _transcribe_words(model: Any, audio: np.ndarray, options: AsrOptions, **kwargs: Any) -> list[Any]:
     """Segments of one decode, on a local model or a Whisper server (``RemoteWhisper``)."""
-    if getattr(model, "address", None) is not None and hasattr(model, "info"):  # RemoteWhisper
+    from sentistream.engine.asr_server import RemoteWhisper  # zmq is loaded by every stage anyway
+
+    if isinstance(model, RemoteWhisper):
         segments, _info = model.transcribe(audio, encoder_pad_s=options.encoder_pad_s, **kwargs)
         return segments
     return transcribe_segments(model, audio, options.encoder_pad_s, **kwargs)
