@@ -16,7 +16,10 @@ device, driver and package versions, the date and the command. What it measures:
    ``fusion``. ``fusion_windows_per_s[backend][batch]`` for ALMT at the live shapes, batch 1, 32
    and 256. Each backend is also checked against eager (``max_abs_diff``).
 2. The live pipeline on the bundled demo clip (20 s) and on a long generated stream (the demo clip
-   looped for ``--long-minutes``, default 10), both at real-time pace through every stage:
+   looped for ``--long-minutes``, default 10), both at real-time pace through every stage, under
+   each ``--profiles`` config: ``default`` (windows on a 0.25 s grid of stream time) and
+   ``low_latency`` (configs/low_latency.toml: a window ends at every face frame); rows of a
+   non-default profile are labelled ``demo/<profile>``, ``long/<profile>``:
    * ``frame_to_event_p50_ms`` / ``_p99_ms``: for every video frame the face stage processed, its
      capture time to the emit time of the first event whose window holds it (the face stage's
      output is tapped for the frames' capture times). This includes waiting for the window to
@@ -216,6 +219,15 @@ def run_pipeline(label: str, minutes: float, config_path: Optional[str], backend
             "stats": result.stats}
 
 
+def _profile_summary(config: Optional[str]) -> dict[str, Any]:
+    """The window settings a pipeline profile runs with (they set how long a frame waits)."""
+    from sentistream.engine.config import load_config
+
+    w = load_config(config).window
+    return {"config": config or "configs/default.toml", "trigger": w.trigger, "hop_s": w.hop_s,
+            "length_s": w.length_s}
+
+
 def prime_backend_cache(config_path: Optional[str], backend: Optional[str]) -> str:
     """Build the live model's backend once in this process so its exported graphs / engines are in
     the cache before a timed run (a cold cache would export them during the first minute)."""
@@ -336,6 +348,11 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
     if ps:  # kept from an earlier full run by --skip-pipeline
         lines += [f"Measured by an earlier run: date {ps.get('date')}; command `{ps.get('command')}`; "
                   f"git {ps.get('git')}; load average {ps.get('loadavg_start')} / {ps.get('loadavg_end')}.", ""]
+    for name, prof in res.get("pipeline_profiles", {}).items():
+        lines.append(f"- profile `{name}` ({prof['config']}): window trigger `{prof['trigger']}`, "
+                     f"hop {prof['hop_s']} s, length {prof['length_s']} s")
+    if res.get("pipeline_profiles"):
+        lines.append("")
     lines += ["| run | events | frame→event p50 / p99 ms | newest frame→event p50 / p99 ms | "
               "speech end→text p50 / p90 ms (words) | fusion model p50 ms | backend |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -353,7 +370,8 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
     for key, target in targets.items():
         lines.append(f"| {key} | {'≥' if 'per_s' in key else '≤'} {_fmt(target)} | {_lookup(res, key)} |")
     lines += ["", "Definitions: bench/README.md and the docstring of bench/latency.py. frame→event includes "
-              "the wait for the window to close (up to one hop); newest frame→event does not.", ""]
+              "the wait for the window to close (up to one hop; none in the `frame` trigger, where the "
+              "newest frame ends the window); newest frame→event does not.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -407,7 +425,7 @@ def write_plot(path: Path, res: dict[str, Any], cdfs: dict[str, dict[str, list[f
 
 
 # --------------------------------------------------------------------------- command
-PIPELINE_KEYS = ("pipeline", "pipeline_backend_primed", "frame_to_event_p50_ms", "frame_to_event_p99_ms",
+PIPELINE_KEYS = ("pipeline", "pipeline_backend_primed", "pipeline_profiles", "frame_to_event_p50_ms", "frame_to_event_p99_ms",
                  "newest_frame_to_event_p50_ms", "newest_frame_to_event_p99_ms", "speech_end_to_text_p50_ms")
 
 
@@ -481,11 +499,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs = [("demo", 0.0)] + ([("long", long_minutes)] if long_minutes > 0 else [])
         res["pipeline"] = {}
         res["pipeline_backend_primed"] = prime_backend_cache(args.config, args.pipeline_backend)
-        for label, minutes in runs:
-            raw = run_pipeline(label, minutes, args.config, args.pipeline_backend)
-            m = pipeline_metrics(raw)
-            cdfs[label] = m.pop("_cdf", {})
-            res["pipeline"][label] = m
+        profiles = [p.strip() for p in args.profiles.split(",") if p.strip()] or ["default"]
+        res["pipeline_profiles"] = {}
+        for profile in profiles:
+            config = args.config if profile == "default" else profile
+            res["pipeline_profiles"][profile] = _profile_summary(config)
+            for run_label, minutes in runs:
+                label = run_label if profile == "default" else f"{run_label}/{profile}"
+                raw = run_pipeline(label, minutes, config, args.pipeline_backend)
+                m = pipeline_metrics(raw)
+                m["profile"] = profile
+                cdfs[label] = m.pop("_cdf", {})
+                res["pipeline"][label] = m
             if args.keep_events:
                 ev_path = Path(args.out_dir) / f"latency-{tag}-{label}-events.jsonl"
                 ev_path.write_text("".join(json.dumps(e) + "\n" for e in raw["events"]))
@@ -537,6 +562,9 @@ def register(bench_subparsers) -> None:
     p.add_argument("--pipeline-backend", default=None,
                    help="fusion.backend for the pipeline runs (default: the config's, auto)")
     p.add_argument("--config", default=None, help="a TOML config for the pipeline runs")
+    p.add_argument("--profiles", default="default,low_latency",
+                   help="comma list of pipeline profiles to run the demo and long stream under: "
+                        "'default' (= --config) and bundled or file configs (default: default,low_latency)")
     p.add_argument("--budget-s", type=float, default=0.0, help="seconds per timing (default 3; 0.3 with --smoke)")
     p.add_argument("--cache-dir", default=None, help="ONNX/TensorRT cache (default fusion.cache_dir)")
     p.add_argument("--out-dir", default=str(RESULTS), help="where results go (default bench/results)")

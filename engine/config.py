@@ -50,6 +50,10 @@ class SupervisorConfig:
     stats_interval_s: float = 1.0
     stop_timeout_s: float = 5.0
     drain_timeout_s: float = 60.0  # after the source ends, how long to wait for the last event
+    # Niceness added to the ASR stage's process (0 = none): a Whisper decode keeps the cores busy
+    # for a quarter second at a time; at a lower priority it leaves them to the face and fusion
+    # stages, whose latency is the frame -> event figure (ASR's own is about a second anyway).
+    asr_nice: int = 10
 
 
 @dataclass
@@ -72,6 +76,9 @@ class SourceConfig:
 class WindowConfig:
     length_s: float = 3.0
     hop_s: float = 0.25
+    # "clock": one window per hop_s of stream time, on a fixed grid. "frame": a window ends at
+    # each face frame as it arrives, at most one per hop_s (lowest frame -> event latency).
+    trigger: str = "clock"
     # The model reads committed words up to this far back: ASR commits words a
     # second or more after they are spoken, later than audio and video arrive.
     text_lookback_s: float = 8.0
@@ -137,6 +144,10 @@ class EngineConfig:
     def validate(self) -> None:
         if self.window.hop_s <= 0 or self.window.length_s < self.window.hop_s:
             raise ConfigError("window: need 0 < hop_s <= length_s")
+        if not 0 <= self.supervisor.asr_nice <= 19:
+            raise ConfigError(f"supervisor.asr_nice must be 0..19, not {self.supervisor.asr_nice}")
+        if self.window.trigger not in ("clock", "frame"):
+            raise ConfigError(f"window.trigger must be 'clock' or 'frame', not {self.window.trigger!r}")
         if self.transport.transport not in ("ipc", "tcp"):
             raise ConfigError(f"transport.transport must be 'ipc' or 'tcp', not {self.transport.transport!r}")
         if self.source.kind not in ("demo", "file", "webcam", "none"):
@@ -287,6 +298,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if p is None:
             continue
         p = Path(p)
+        named = default_config_path().parent / f"{p}.toml"
+        if not p.is_file() and p.parent == Path(".") and p.suffix == "" and named.is_file():
+            p = named  # a bundled profile by name: `--config low_latency`
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:

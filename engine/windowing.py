@@ -120,3 +120,56 @@ class WindowBuffer:
             ends.append(round(self.next_t1, 6))
             self.next_t1 += self.hop_s
         return ends
+
+
+class FrameTrigger:
+    """When to cut windows in ``trigger = "frame"`` mode: at the media time of a lead input's
+    message, as soon as it reaches the fusion stage, at most one window per ``min_hop_s``.
+
+    The clock mode cuts windows on a fixed grid of stream time, so a frame waits for the next
+    grid point (half a hop on average) and for some input to pass it. Here the window ends *at*
+    the newest face frame, which is therefore always inside it: frame -> event is just the
+    face stage plus fusion. Audio is taken up to that time as far as it has arrived (a chunk
+    still in flight lands in the next window, which overlaps this one by length - hop).
+
+    The lead is the face stream while it is live; when it has ended or has sent nothing for
+    ``stall_s`` of stream time (camera lost, no video source) the audio features lead, then
+    the words, so a session without a camera still gets events.
+    """
+
+    ORDER = ("face_features", "audio_features", "words")
+
+    def __init__(self, min_hop_s: float, stall_s: float = 0.5):
+        self.min_hop_s = min_hop_s
+        self.stall_s = max(stall_s, 2 * min_hop_s)
+        self.last_t: dict[str, float] = {}  # newest media time per input kind
+        self.ended: set[str] = set()
+        self.last_t1 = -float("inf")
+
+    def lead(self) -> str | None:
+        clock = max(self.last_t.values(), default=0.0)
+        for kind in self.ORDER:
+            t = self.last_t.get(kind)
+            if t is not None and kind not in self.ended and t >= clock - self.stall_s:
+                return kind
+        return None
+
+    def on_input(self, kind: str, t: float) -> float | None:
+        """Record a message; the window end to cut now, or None."""
+        if kind not in self.ORDER:
+            return None
+        self.last_t[kind] = max(t, self.last_t.get(kind, t))
+        if kind != self.lead() or t < self.last_t1 + self.min_hop_s - 1e-9:
+            return None
+        self.last_t1 = t
+        return t
+
+    def end(self, kind: str) -> None:
+        self.ended.add(kind)
+
+    def closing(self, clock: float) -> float | None:
+        """At end of stream: one last window over data newer than the last window, if any."""
+        if clock > self.last_t1 + 1e-6:
+            self.last_t1 = clock
+            return clock
+        return None

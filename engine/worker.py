@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s")
     if os.environ.get("SENTISTREAM_PARENT_PID") and str(os.getppid()) != os.environ["SENTISTREAM_PARENT_PID"]:
         return 1  # the supervisor died before we got here
+    nice = int(spec.params.get("nice") or 0)
+    if nice > 0:
+        try:
+            os.nice(nice)  # a background stage (ASR) yields the CPU to the latency-critical ones
+        except OSError as exc:
+            logging.getLogger("sentistream.worker").warning("%s: could not lower priority: %s", spec.name, exc)
     stage = stage_class(spec.kind)(spec)
     return stage.run()
 

@@ -36,6 +36,7 @@ class LivePrediction:
     contributions: dict[str, float]
     model_ms: float
     text_ms: float
+    text: str | None = None  # the transcript the model read (an earlier one with a background encoder)
 
 
 class LiveModel:
@@ -175,6 +176,7 @@ class LiveModel:
         t_start = time.perf_counter()
         emb = self.text_encoder.encode(window.context_text)
         text_ms = (time.perf_counter() - t_start) * 1e3
+        self.last_text = emb.text if emb.text is not None else window.context_text
         text, text_mask = self._tensor(emb.tokens, "text", 128)
         vision = window.vision[window.vision_present] if window.vision_present.size else window.vision
         vis, vis_mask = self._tensor(vision, "vision", self.cfg.max_video_frames)
@@ -202,7 +204,7 @@ class LiveModel:
             score = 0.0
         contrib = out.contributions.reshape(-1, 3)[0].float().cpu().numpy()
         contributions = {"text": float(contrib[0]), "audio": float(contrib[1]), "vision": float(contrib[2])}
-        present = np.array([bool(window.context), bool(aud_mask.any()), bool(vis_mask.any())], dtype=float)
+        present = np.array([bool(self.last_text), bool(aud_mask.any()), bool(vis_mask.any())], dtype=float)
         label = "neutral"
         if score >= self.cfg.neutral_band:
             label = "positive"
@@ -212,7 +214,7 @@ class LiveModel:
         # (a heuristic, documented in the README; zero for an untrained placeholder).
         coverage = float((present * np.array([0.6, 0.2, 0.2])).sum())
         confidence = 0.0 if self.placeholder else float(np.tanh(abs(score)) * coverage)
-        return LivePrediction(score, label, confidence, contributions, model_ms, text_ms)
+        return LivePrediction(score, label, confidence, contributions, model_ms, text_ms, self.last_text)
 
 
 def _load(load_checkpoint, path: str):

@@ -30,12 +30,17 @@ class TextEncoderOptions:
     truncation_side: str = "left"
     cache_size: int = 256  # texts remembered; 0 disables the cache
     cpu_threads: int = 0  # torch intra-op threads; 0 = leave torch's setting alone
+    # The live engine only: encode a changed transcript on a background thread and score
+    # windows with the newest finished embedding meanwhile (BackgroundTextEncoder), so a
+    # ~60 ms encode never delays an event. Off: every window waits for its own text.
+    background: bool = False
 
 
 @dataclass
 class TextEmbedding:
     tokens: np.ndarray  # (n_tokens, dim) float32, [CLS] and [SEP] included, no padding
     pooled: np.ndarray  # (dim,) float32 mean over tokens; unit length when normalize
+    text: str | None = None  # the (stripped) text these embed
 
 
 def default_model_dir() -> str:
@@ -85,6 +90,13 @@ class TextEncoder:
     def dim(self) -> int:
         return self._dim
 
+    def cached(self, text: str) -> TextEmbedding | None:
+        """The cached embedding of ``text`` (a copy), or None; never encodes."""
+        text = (text or "").strip()
+        with self._lock:
+            hit = self._cache.get(text)
+            return None if hit is None else _copy(hit)
+
     def encode(self, text: str) -> TextEmbedding:
         text = (text or "").strip()
         if self.options.cache_size > 0:
@@ -107,7 +119,7 @@ class TextEncoder:
 
     def _encode(self, text: str) -> TextEmbedding:
         if not text:
-            return TextEmbedding(np.zeros((0, self._dim), np.float32), np.zeros(self._dim, np.float32))
+            return TextEmbedding(np.zeros((0, self._dim), np.float32), np.zeros(self._dim, np.float32), "")
         torch = self._torch
         batch = self.tokenizer(text, truncation=True, max_length=self._max_tokens, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -118,7 +130,7 @@ class TextEncoder:
         pooled = tokens.mean(dim=0)
         if self.options.normalize:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=0)
-        return TextEmbedding(tokens.cpu().numpy().astype(np.float32), pooled.cpu().numpy().astype(np.float32))
+        return TextEmbedding(tokens.cpu().numpy().astype(np.float32), pooled.cpu().numpy().astype(np.float32), text)
 
     def cache_clear(self) -> None:
         with self._lock:
@@ -126,4 +138,87 @@ class TextEncoder:
 
 
 def _copy(emb: TextEmbedding) -> TextEmbedding:
-    return TextEmbedding(emb.tokens.copy(), emb.pooled.copy())
+    return TextEmbedding(emb.tokens.copy(), emb.pooled.copy(), emb.text)
+
+
+class BackgroundTextEncoder:
+    """Keeps text encoding off the caller's thread (the fusion stage's event loop).
+
+    ``encode(text)`` returns at once: the embedding of ``text`` when it is cached, else the
+    newest finished embedding of an earlier text (its ``.text`` says which) while ``text``
+    is encoded on a worker thread; only the very first call encodes in line. A burst of
+    texts is coalesced: the worker always takes the newest one asked for.
+    """
+
+    def __init__(self, encoder: TextEncoder) -> None:
+        self.encoder = encoder
+        self._cond = threading.Condition()
+        self._pending: str | None = None
+        self._latest: TextEmbedding | None = None
+        self._closed = False
+        self._busy = False
+        self.stale_returns = 0  # calls answered with an earlier text's embedding
+        self._thread = threading.Thread(target=self._work, name="text-encoder", daemon=True)
+        self._thread.start()
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def encode(self, text: str) -> TextEmbedding:
+        text = (text or "").strip()
+        hit = self.encoder.cached(text)
+        if hit is not None:
+            with self._cond:
+                self._latest = hit
+            return hit
+        with self._cond:
+            latest = self._latest
+            if latest is not None and latest.text == text:
+                return _copy(latest)
+            if latest is not None:
+                self._pending = text
+                self._cond.notify()
+                self.stale_returns += 1
+                return _copy(latest)
+        emb = self.encoder.encode(text)  # nothing to fall back on yet
+        with self._cond:
+            self._latest = emb
+        return emb
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Block until no text is waiting or being encoded (tests, end of stream)."""
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                text, self._pending = self._pending, None
+                self._busy = True
+            try:
+                emb = self.encoder.encode(text)
+            except Exception:  # a failed encode keeps the previous embedding; the next text retries
+                emb = None
+            with self._cond:
+                self._busy = False
+                if emb is not None:
+                    self._latest = emb
+                self._cond.notify_all()

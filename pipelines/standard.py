@@ -34,7 +34,8 @@ def standard_pipeline(config: EngineConfig) -> Pipeline:
         fusion_inputs.append("face")
     if has_audio:
         stages.append(StageDef("audio_features", "audio_features", inputs=("audio",), outputs=("audio_feat",)))
-        stages.append(StageDef("asr", "asr", inputs=("audio",), outputs=("words",)))
+        stages.append(StageDef("asr", "asr", inputs=("audio",), outputs=("words",),
+                               params={"nice": config.supervisor.asr_nice}))
         fusion_inputs += ["audio_feat", "words"]
     stages.append(StageDef("fusion", "fusion", inputs=tuple(fusion_inputs), outputs=("events",)))
     stages.append(StageDef("sink", "sink", inputs=("events",)))

@@ -38,6 +38,16 @@ def test_bad_values_refused():
         config_from_dict({"window": {"hop_s": 5.0, "length_s": 3.0}})
     with pytest.raises(ConfigError):
         config_from_dict({"transport": {"transport": "udp"}})
+    with pytest.raises(ConfigError, match="window.trigger"):
+        config_from_dict({"window": {"trigger": "every_frame"}})
+
+
+def test_bundled_profile_loads_by_name_and_layers_over_the_defaults():
+    cfg = load_config("low_latency")
+    assert cfg.window.trigger == "frame" and cfg.window.hop_s == 0.05
+    assert cfg.window.length_s == 3.0  # not in the profile: the default's value
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no_such_profile")
 
 
 def test_cli_refuses_unknown_key_with_its_name(tmp_path):

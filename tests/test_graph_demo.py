@@ -88,6 +88,30 @@ def test_transcripts_contain_the_spoken_words(demo_run, demo_meta):
         assert w["text"].strip() in e["context"], (w, e["context"])
 
 
+def test_low_latency_profile_ends_a_window_at_every_frame(tmp_path, demo_meta):
+    out = tmp_path / "events.jsonl"
+    proc = subprocess.run(
+        sentistream_cmd("run", "--source", "demo", "--config", "low_latency", "--jsonl", str(out), "--view", "none"),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_jsonl(out)
+    hops = [e for e in events if not e.get("final")]
+    fps = 15.0
+    frames = demo_meta["duration_s"] * fps
+    # one window per face frame (a few while the face stage starts or lags are led by audio)
+    assert 0.85 * frames <= len(hops) <= frames + 5, (len(hops), frames)
+    t1 = [e["window"]["t1"] for e in hops]
+    assert all(b - a >= 0.05 - 1e-6 for a, b in zip(t1[:-1], t1[1:-1])), t1  # the last closes the stream
+    on_a_frame = [t for t in t1 if abs(t * fps - round(t * fps)) < 1e-3]
+    assert len(on_a_frame) >= 0.8 * len(hops)  # the file source stamps frame k at k / fps
+    # the frame that ended the window is in it: the newest face input is the window's own end
+    with_face = [e for e in hops if e["window"]["t1"] >= 1.0 and e["modalities"]["vision"]]
+    assert len(with_face) >= 0.8 * len(hops)
+    said = _words(events)
+    assert "wonderful" in said and "disappointed" in said, said
+
+
 def test_sigkill_a_stage_restarts_it_and_events_resume(tmp_path):
     out = tmp_path / "events.jsonl"
     proc = subprocess.Popen(

@@ -91,3 +91,41 @@ def test_long_text_keeps_newest_tokens(encoder):
 def test_missing_model_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_dir"):
         TextEncoder(TextEncoderOptions(model_dir=str(tmp_path)))
+
+
+def test_background_encoder_answers_at_once_with_the_newest_finished_text():
+    from sentistream.perception.text import BackgroundTextEncoder
+
+    plain = TextEncoder(TextEncoderOptions())
+    bg = BackgroundTextEncoder(TextEncoder(TextEncoderOptions()))
+    try:
+        first = bg.encode("what a lovely day")  # nothing to fall back on: encoded in line
+        assert first.text == "what a lovely day"
+        np.testing.assert_allclose(first.tokens, plain.encode("what a lovely day").tokens, atol=1e-5)
+        meanwhile = bg.encode("what a lovely day it was not")
+        assert meanwhile.text == "what a lovely day"  # the earlier text, while the new one encodes
+        np.testing.assert_array_equal(meanwhile.tokens, first.tokens)
+        assert bg.stale_returns == 1
+        assert bg.wait_idle(30.0)
+        done = bg.encode("what a lovely day it was not")
+        assert done.text == "what a lovely day it was not"
+        np.testing.assert_allclose(done.tokens, plain.encode("what a lovely day it was not").tokens, atol=1e-5)
+        # a burst is coalesced: the worker ends on the newest text asked for
+        for k in range(5):
+            bg.encode(f"sentence number {k}")
+        assert bg.wait_idle(30.0)
+        assert bg.encode("sentence number 4").text == "sentence number 4"
+    finally:
+        bg.close()
+
+
+def test_background_encoder_without_a_cache_does_not_re_encode_the_same_text():
+    from sentistream.perception.text import BackgroundTextEncoder
+
+    bg = BackgroundTextEncoder(TextEncoder(TextEncoderOptions(cache_size=0)))
+    try:
+        bg.encode("hello there")
+        assert bg.encode("hello there").text == "hello there"
+        assert bg.stale_returns == 0
+    finally:
+        bg.close()

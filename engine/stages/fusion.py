@@ -1,9 +1,12 @@
 """Fusion stage: gathers the latest window of each modality by stream time and
-emits one sentiment event per hop on a PUB socket (JSON in the message meta).
+emits sentiment events on a PUB socket (JSON in the message meta).
 
-The stream clock is the newest face or audio-feature time seen; each time it
-passes a hop boundary, the window ending there is cut and scored, so replaying
-a file faster than real time gives the same windows as a live session.
+``window.trigger = "clock"`` (default): the stream clock is the newest face or
+audio-feature time seen; each time it passes a hop boundary, the window ending
+there is cut and scored (one event per hop, on a fixed grid of stream time).
+``"frame"``: a window ends at each face frame as it arrives, at most one per
+``hop_s`` (windowing.FrameTrigger), so a frame is scored without waiting for a
+grid point: the low-latency profile (configs/low_latency.toml).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import math
 
 from sentistream.engine.messages import Message, now_ns
 from sentistream.engine.stage import Stage
-from sentistream.engine.windowing import WindowBuffer, WordSpan
+from sentistream.engine.windowing import FrameTrigger, WindowBuffer, WordSpan
 
 log = logging.getLogger("sentistream.fusion")
 
 EVENT_SCHEMA = "sentistream.event/1"
+STREAM_KIND = {"face": "face_features", "audio_feat": "audio_features", "words": "words"}
 
 
 def _ms(a_ns: int, b_ns: int) -> float:
@@ -29,7 +33,7 @@ class FusionStage(Stage):
         from sentistream.models.live import LiveModel
         from sentistream.perception.audio_features import feature_dim
         from sentistream.perception.face import FACE_FEATURE_DIM
-        from sentistream.perception.text import TextEncoder
+        from sentistream.perception.text import BackgroundTextEncoder, TextEncoder
 
         import torch
 
@@ -40,7 +44,12 @@ class FusionStage(Stage):
             w.length_s, w.hop_s, FACE_FEATURE_DIM, self.audio_dim, text_lookback_s=w.text_lookback_s
         )
         self.new_words: list[WordSpan] = []  # committed since the previous event
-        self.model = LiveModel(self.config.fusion, TextEncoder(self.config.text), FACE_FEATURE_DIM, self.audio_dim)
+        self.trigger = FrameTrigger(w.hop_s) if w.trigger == "frame" else None
+        self.last_t1 = 0.0  # the newest window end scored (the closing event repeats it)
+        encoder = TextEncoder(self.config.text)
+        if self.config.text.background:
+            encoder = BackgroundTextEncoder(encoder)  # a changed transcript never delays an event
+        self.model = LiveModel(self.config.fusion, encoder, FACE_FEATURE_DIM, self.audio_dim)
         self.model.warm_up()
         self.expected_inputs = set(self.params.get("expected_inputs", []))
         self.ended: set[str] = set()
@@ -56,7 +65,7 @@ class FusionStage(Stage):
     # ---- inputs ------------------------------------------------------------
     def on_message(self, msg: Message) -> None:
         arrived = now_ns()
-        if not self.latest and msg.kind in ("face_features", "audio_features"):
+        if self.trigger is None and not self.latest and msg.kind in ("face_features", "audio_features"):
             # First data (a fresh session, or this stage was restarted mid-session):
             # windows start at the next hop boundary, never back at zero.
             hop = self.buffer.hop_s
@@ -78,7 +87,13 @@ class FusionStage(Stage):
         else:
             return
         self.latest[msg.stream] = (msg, arrived)
-        self._emit_due()
+        if self.trigger is None:
+            self._emit_due()
+            return
+        t1 = self.trigger.on_input(msg.kind, msg.t_media_s)
+        if t1 is not None:
+            self._emit(t1)
+            self.buffer.prune(t1 - self.buffer.length_s - 1.0)
 
     def on_eos(self, msg: Message) -> None:
         reason = msg.meta.get("reason")
@@ -88,15 +103,24 @@ class FusionStage(Stage):
                 log.error("fusion: %s input ended (%s); it is masked from now on", modality, reason)
             self.lost[modality] = str(reason)
         self.ended.add(msg.stream)
+        if self.trigger is not None:
+            self.trigger.end(STREAM_KIND.get(msg.stream, msg.stream))
         self.clock = max(self.clock, msg.t_media_s)
         if self.expected_inputs and self.ended >= self.expected_inputs:
-            self._emit_due(final=True)
+            if self.trigger is None:
+                self._emit_due(final=True)
+            else:
+                last = self.trigger.closing(self.clock)
+                if last is not None:
+                    self._emit(last)
             if self.new_words:
-                # Words committed after the last hop (the recogniser's final decode):
+                # Words committed after the last window (the recogniser's final decode):
                 # one closing event re-scores the last window so no word is lost.
-                self._emit(self.buffer.next_t1 - self.buffer.hop_s, final=True)
+                self._emit(self.last_t1, final=True)
             self.publish_eos(self.clock)
             self.ended.clear()
+            if self.trigger is not None:
+                self.trigger.ended.clear()
 
     # ---- output ------------------------------------------------------------
     def _emit_due(self, final: bool = False) -> None:
@@ -107,6 +131,7 @@ class FusionStage(Stage):
 
     def _emit(self, t1: float, final: bool = False) -> None:
         t_start = now_ns()
+        self.last_t1 = t1
         window = self.buffer.cut(t1)
         pred = self.model.predict(window)
         t_emit = now_ns()
@@ -119,7 +144,7 @@ class FusionStage(Stage):
             "confidence": round(pred.confidence, 4),
             "contributions": {k: round(v, 4) for k, v in pred.contributions.items()},
             "modalities": {
-                "text": bool(window.context),
+                "text": bool(window.context) if pred.text is None else bool(pred.text),
                 "audio": bool(window.audio.shape[0]),
                 "vision": bool(window.vision_present.any()) if window.vision_present.size else False,
             },
@@ -133,7 +158,7 @@ class FusionStage(Stage):
                 {"text": w.text.strip(), "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3)}
                 for w in self.new_words
             ],
-            "context": window.context_text,
+            "context": window.context_text if pred.text is None else pred.text,
             "model": self.model.describe(),
             "latency_ms": self._latency(t_start, t_emit, pred),
             "t_emit_ns": t_emit,

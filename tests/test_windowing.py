@@ -1,0 +1,70 @@
+"""Window cutting, pure (no sockets): the clock grid and the frame trigger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sentistream.engine.windowing import FrameTrigger, WindowBuffer
+
+FPS = 15.0
+
+
+def test_clock_grid_yields_every_hop_once():
+    buf = WindowBuffer(3.0, 0.25, 4, 2)
+    assert buf.due_windows(0.6) == [0.25, 0.5]
+    assert buf.due_windows(0.6) == []
+    assert buf.due_windows(1.01) == [0.75, 1.0]
+
+
+def test_frame_trigger_cuts_at_each_frame_and_holds_it():
+    trig, buf = FrameTrigger(0.05), WindowBuffer(3.0, 0.05, 4, 2)
+    ends = []
+    for k in range(1, 31):
+        t = k / FPS
+        buf.add_vision(t, np.full(4, k, np.float32), True)
+        t1 = trig.on_input("face_features", t)
+        if t1 is not None:
+            win = buf.cut(t1)
+            assert win.vision[-1, 0] == k  # the frame that triggered the window is its newest
+            ends.append(t1)
+    assert ends == pytest.approx([k / FPS for k in range(1, 31)])
+
+
+def test_frame_trigger_spaces_windows_by_min_hop():
+    trig = FrameTrigger(0.05)
+    ends = [t for k in range(1, 61) if (t := trig.on_input("face_features", k / 60.0)) is not None]
+    assert len(ends) == 20  # 60 fps frames, a window at most every 50 ms: every third frame
+    assert min(np.diff(ends)) >= 0.05 - 1e-9
+
+
+def test_audio_does_not_trigger_while_the_face_is_live():
+    trig = FrameTrigger(0.05)
+    assert trig.on_input("face_features", 0.1) == 0.1
+    assert trig.on_input("audio_features", 0.2) is None
+    assert trig.on_input("face_features", 0.1667) == 0.1667
+
+
+def test_audio_leads_when_the_face_stalls_or_ends_and_face_takes_back():
+    trig = FrameTrigger(0.05, stall_s=0.5)
+    trig.on_input("face_features", 1.0)
+    assert trig.on_input("audio_features", 1.3) is None  # a face frame 0.3 s old: still live
+    assert trig.on_input("audio_features", 1.6) == 1.6  # 0.6 s without a frame: audio leads
+    assert trig.on_input("face_features", 1.62) is None  # too close to the last window
+    assert trig.on_input("face_features", 1.7) == 1.7  # the face is back in the lead
+    trig.end("face_features")
+    assert trig.on_input("audio_features", 1.8) == 1.8
+
+
+def test_words_lead_a_text_only_session_and_unknown_kinds_are_ignored():
+    trig = FrameTrigger(0.05)
+    assert trig.on_input("video_frame", 1.0) is None
+    assert trig.on_input("words", 1.0) == 1.0
+    assert trig.on_input("words", 1.01) is None
+
+
+def test_closing_window_covers_data_after_the_last_window_only():
+    trig = FrameTrigger(0.05)
+    trig.on_input("face_features", 2.0)
+    assert trig.closing(2.0) is None
+    assert trig.closing(2.3) == 2.3
