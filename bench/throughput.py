@@ -6,8 +6,8 @@ within a p95 latency budget (default 500 ms).
     sentistream bench throughput --device cuda      # on a GPU machine
 
 It starts ``sentistream serve`` (or uses ``--server ADDRESS``) and drives it with synthetic live
-sessions: each sends one window per hop (250 ms, as the live fusion stage does, phases spread
-evenly), whatever happened to its previous window, with live-sized inputs (text 8..64 tokens x 384,
+sessions: each sends one window per hop (``--hop-s``: 250 ms, as the live fusion stage does by
+default; 0.0667 s for the low_latency profile's one window per frame at 15 fps; phases spread evenly), whatever happened to its previous window, with live-sized inputs (text 8..64 tokens x 384,
 audio 60 x 59, vision 45 x face features). A window's latency is the time from sending it to its
 reply (queueing, batching, the forward pass and both socket hops). The number of sessions doubles
 until the p95 exceeds the budget (or windows go unanswered), then a bisection narrows the largest
@@ -90,7 +90,7 @@ def _raise_fd_limit(n: int) -> None:
 
 
 def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, dims: list[int],
-             warmup_s: float = 1.0, seed: int = 0) -> dict[str, Any]:
+             warmup_s: float = 1.0, seed: int = 0, hop_s: float = HOP_S) -> dict[str, Any]:
     """N synthetic sessions for ``seconds`` (after ``warmup_s``); returns the latency summary."""
     import heapq
 
@@ -113,7 +113,7 @@ def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, di
     start = time.monotonic() + 0.2
     measure_from = start + warmup_s
     end = measure_from + seconds
-    heap = [(start + HOP_S * i / n_sessions, i) for i in range(n_sessions)]  # (next send, session)
+    heap = [(start + hop_s * i / n_sessions, i) for i in range(n_sessions)]  # (next send, session)
     heapq.heapify(heap)
     sent: dict[tuple[int, int], float] = {}
     lat: list[float] = []
@@ -136,7 +136,7 @@ def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, di
                 if due >= measure_from:
                     lag.append((now - due) * 1e3)
                     n_sent += 1
-                heapq.heappush(heap, (due + HOP_S, i))
+                heapq.heappush(heap, (due + hop_s, i))
             wait_ms = max(0.0, (heap[0][0] - time.monotonic()) * 1e3) if time.monotonic() < end else 20.0
             for sock, _ in poller.poll(min(wait_ms, 20.0)):
                 i = index[sock]
@@ -189,7 +189,7 @@ def search(address: str, args, dims: list[int]) -> tuple[list[dict], int]:
     n = 1
     while n <= args.max_sessions:
         wait_idle(address)
-        r = run_step(address, n, args.step_s, args.budget_ms, dims)
+        r = run_step(address, n, args.step_s, args.budget_ms, dims, hop_s=args.hop_s)
         steps.append(r)
         log.info("%d sessions: p95 %s ms (budget %s), %d windows, %d missed, send lag p95 %s ms", n, r["p95_ms"],
                  args.budget_ms, r["windows"], r["missed"], r["send_lag_ms"].get("p99"))
@@ -205,7 +205,7 @@ def search(address: str, args, dims: list[int]) -> tuple[list[dict], int]:
                 break
             mid = (good + bad) // 2
             wait_idle(address)
-            r = run_step(address, mid, args.step_s, args.budget_ms, dims)
+            r = run_step(address, mid, args.step_s, args.budget_ms, dims, hop_s=args.hop_s)
             steps.append(r)
             log.info("%d sessions: p95 %s ms", mid, r["p95_ms"])
             if r["within_budget"]:
@@ -227,6 +227,7 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
               f"- server: {res['server'].get('model')} via {res['server'].get('backend')} "
               f"({res['server'].get('reason')}); max batch {res['config']['max_batch']}, "
               f"max queue delay {res['config']['max_queue_delay_us']} us, threads {res['config']['threads']}",
+              f"- each session sends one window every {res['config'].get('hop_s', HOP_S):g} s",
               "",
               f"**Live sessions within p95 ≤ {res['config']['budget_ms']:g} ms: "
               f"{res['live_sessions_within_p95']}** (fusion tier only; see bench/README.md)", "",
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tag = args.tag or device_tag(device)
     res = {"bench": "throughput", "device": device, "device_tag": tag,
            "stamp": stamp(device, command_line("sentistream bench throughput"), smoke),
-           "config": {"budget_ms": args.budget_ms, "hop_s": HOP_S, "max_batch": args.max_batch,
+           "config": {"budget_ms": args.budget_ms, "hop_s": args.hop_s, "max_batch": args.max_batch,
                       "max_queue_delay_us": args.max_queue_delay_us, "threads": args.threads,
                       "step_s": args.step_s, "model": args.model},
            "server": info, "live_sessions_within_p95": best,
@@ -305,6 +306,9 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 def register(bench_subparsers) -> None:
     p = bench_subparsers.add_parser("throughput", help="live sessions per machine within a p95 budget "
                                                        "(bench/results/throughput-<device>.json, .md)")
+    p.add_argument("--hop-s", type=float, default=HOP_S,
+                   help="seconds between a session's windows (default 0.25, the default profile; "
+                        "0.0667 = one per frame at 15 fps, the low_latency profile)")
     p.add_argument("--budget-ms", type=float, default=500.0, help="p95 latency budget per window (default 500)")
     p.add_argument("--server", default="", help="use a running `sentistream serve` at this address")
     p.add_argument("--model", default="default", help="fusion model the started server serves (default: default)")
