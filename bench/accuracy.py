@@ -465,6 +465,10 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
                              "epochs_run": r.epochs_run, "seconds": round(r.seconds, 1)}
             if best_k is None or training._is_better(cfg.select_metric, val, best_val):
                 best_k, best_val, first = k, val, r
+        if args.ensemble > 1:
+            _utterance_ensemble(args, name, datasets[best_k], cfg, seeds, first, best_k, sweep, shared,
+                                contexts, suite_meta, command, t0)
+            continue
         runs = [first]
         for s in seeds[1:]:
             r = training.train_model(name, datasets[best_k], cfg, seed=s)
@@ -488,6 +492,50 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
         args.fresh = False
         gs = goal_status("mosi_utterance", data["mosi_utterance"])
         merge_results(Path(args.out), "mosi_utterance", {}, {**suite_meta, "goal_status": gs}, {})
+
+
+def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, contexts, suite_meta,
+                        command, t0) -> None:
+    """Row ``<name>_ens<N>``: per seed s, N members trained with seeds 100 s + j (each selected on
+    valid as usual) whose test scores are averaged; mean +- std of that over the seeds."""
+    from sentistream.models import training
+    from sentistream.models.metrics import regression_metrics
+
+    n = args.ensemble
+    row = f"{name}_ens{n}"
+    per_seed, tests, valids = [], [], []
+    for s in seeds:
+        members = []
+        for j in range(n):
+            seed = 100 * s + j
+            r = first if (first is not None and seed == first.seed) else training.train_model(name, ds, cfg, seed=seed)
+            members.append(r)
+        pv = np.mean([training.predict(r.model, ds.valid, max_len=cfg.max_len) for r in members], axis=0)
+        pt = np.mean([training.predict(r.model, ds.test, max_len=cfg.max_len) for r in members], axis=0)
+        valid = regression_metrics("mosi", pv, ds.valid.labels)
+        test = regression_metrics("mosi", pt, ds.test.labels)
+        say(f"mosi_utterance {row} K={k} seed={s}: valid mae {valid['mae']:.4f}, members' test acc2_non0 "
+            f"{[round(r.test['acc2_non0'], 4) for r in members]}")
+        valids.append(valid)
+        tests.append(test)
+        per_seed.append({"seed": s, "member_seeds": [r.seed for r in members], "valid": _round(valid),
+                         "test": _round(test), "members": [_run_summary(r) for r in members]})
+    test, valid = _agg(tests), _agg(valids)
+    say(f"mosi_utterance {row}: K={k} test acc2_non0 {test['acc2_non0']:.4f} +- {test['acc2_non0_std']:.4f}, "
+        f"mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    mm = {"command": command, "date": _now(), "context": k, "seeds": list(seeds),
+          "ensemble": {"members": n, "rule": "mean of the members' scores; member j of seed s has seed "
+                                             "100 s + j; each member early-stopped on valid"},
+          "context_selection": shared if shared is not None else
+          {"rule": f"own first-seed sweep over K in {contexts} on valid {cfg.select_metric}"},
+          "context_sweep": sweep, "valid": _round(valid), "dims": ds.dims.as_dict(),
+          "train_config": {kk: v for kk, v in cfg.as_dict().items() if kk not in ("progress",)},
+          "hparams": first.model.hparams, "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1)}
+    data = merge_results(Path(args.out), "mosi_utterance", {row: _test_row(test)}, suite_meta, {row: mm},
+                         fresh=args.fresh)
+    args.fresh = False
+    gs = goal_status("mosi_utterance", data["mosi_utterance"])
+    merge_results(Path(args.out), "mosi_utterance", {}, {**suite_meta, "goal_status": gs}, {})
 
 
 # --------------------------------------------------------------------------- mosi_text
@@ -1028,6 +1076,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mosi_utterance: context lengths K tried on valid per model (quick: 0,2); "
                         "'shared' = the K with the lowest mean valid MAE over the models already swept "
                         "in accuracy.json")
+    p.add_argument("--ensemble", type=int, default=1,
+                   help="mosi_utterance: N > 1 adds a row <model>_ensN, the mean score of N models "
+                        "trained with different seeds, for each seed (default 1: single models)")
     p.add_argument("--ft-epochs", type=int, default=None, help=f"minilm_ft epochs (default {FT_EPOCHS})")
     p.add_argument("--ft-lr", type=float, default=5e-5, help="minilm_ft encoder learning rate")
     p.add_argument("--npz", default=str(DEFAULT_NPZ), help="mosi_utterances.npz")

@@ -88,3 +88,21 @@ def test_merge_keeps_other_entries(tmp_path: Path) -> None:
     assert set(data["mosi_text"]) == {"a", "b"}
     assert set(data["meta"]["mosi_text"]["models"]) == {"a", "b"}
     assert list(data)[-1] == "meta"
+
+
+@needs_data
+def test_seed_ensemble_row_averages_its_members(tmp_path: Path) -> None:
+    rc = accuracy.main(["--quick", "--subsample", "90", "--suites", "mosi_utterance", "--models", "lmf",
+                        "--contexts", "0", "--ensemble", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert set(data["mosi_utterance"]) == {"lmf_ens2"}
+    mm = data["meta"]["mosi_utterance"]["models"]["lmf_ens2"]
+    assert mm["ensemble"]["members"] == 2
+    (seed_run,) = mm["per_seed"]
+    assert seed_run["member_seeds"] == [0, 1]
+    # the averaged scores are a different model from either member
+    member_mae = [m["test"]["mae"] for m in seed_run["members"]]
+    assert seed_run["test"]["mae"] not in member_mae
+    assert seed_run["test"]["mae"] <= max(member_mae) + 1e-9  # |mean error| <= mean |error| (convexity)
+    assert "lmf_ens2" in (tmp_path / "accuracy.md").read_text()
