@@ -277,3 +277,20 @@ def test_threaded_feed_and_step(tmp_path):
     words += rec.finish().committed
     assert words
     assert_times_ok(words, 0.0, audio.size / SR)
+
+
+def test_words_capture_time_never_runs_past_the_audio_heard_or_the_present():
+    """A word whose timestamp runs into the padding after the clip gets the capture time of the
+    newest audio, never one in the future (it would show as a negative capture -> emit)."""
+    from sentistream.engine.messages import now_ns
+    from sentistream.engine.stages.asr import AsrStage
+
+    stage = AsrStage.__new__(AsrStage)  # no sockets, no model: only the clock map
+    c = now_ns() - 2_000_000_000  # chunks captured two seconds ago
+    stage._clock_map = [(0.0, c), (0.1, c + 100_000_000)]
+    stage.audio_end = 0.2
+    assert stage._capture_ns_at(0.05) == c + 50_000_000
+    assert stage._capture_ns_at(3.0) == c + 200_000_000  # clamped to the end of the audio heard
+    stage._clock_map = [(0.0, now_ns())]  # a chunk published at its start, just now
+    stage.audio_end = 0.1
+    assert stage._capture_ns_at(0.1) <= now_ns()

@@ -67,9 +67,12 @@ class AsrStage(Stage):
         """Capture time of the audio at media time t (when that sound entered the engine)."""
         if not self._clock_map:
             return now_ns()
+        # Whisper's word timestamps can run past the audio heard so far (into the silence padded
+        # after the clip): such a word ended no later than the newest audio, and never in the future.
+        t_media = min(t_media, self.audio_end)
         i = bisect.bisect_right(self._clock_map, (t_media, 1 << 62)) - 1
         t0, c0 = self._clock_map[max(i, 0)]
-        return int(c0 + max(0.0, t_media - t0) * 1e9)
+        return min(int(c0 + max(0.0, t_media - t0) * 1e9), now_ns())
 
     def _publish_update(self, update) -> None:
         committed = [asdict(w) for w in update.committed]
