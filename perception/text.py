@@ -186,6 +186,11 @@ class BackgroundTextEncoder:
             self._latest = emb
         return emb
 
+    def settle(self, text: str, timeout_s: float = 10.0) -> bool:
+        """Make sure ``text`` is encoded before the next call (the end of a stream's last event)."""
+        self.encode(text)
+        return self.wait_idle(timeout_s)
+
     def wait_idle(self, timeout_s: float = 10.0) -> bool:
         """Block until no text is waiting or being encoded (tests, end of stream)."""
         import time

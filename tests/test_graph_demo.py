@@ -110,6 +110,10 @@ def test_low_latency_profile_ends_a_window_at_every_frame(tmp_path, demo_meta):
     assert len(with_face) >= 0.8 * len(hops)
     said = _words(events)
     assert "wonderful" in said and "disappointed" in said, said
+    # the closing event (words from the final decode) was scored with those words encoded
+    for e in events:
+        if e.get("final"):
+            assert all(w["text"].strip() in e["context"] for w in e["new_words"]), (e["new_words"], e["context"])
 
 
 def test_sigkill_a_stage_restarts_it_and_events_resume(tmp_path):

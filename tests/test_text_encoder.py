@@ -115,6 +115,8 @@ def test_background_encoder_answers_at_once_with_the_newest_finished_text():
             bg.encode(f"sentence number {k}")
         assert bg.wait_idle(30.0)
         assert bg.encode("sentence number 4").text == "sentence number 4"
+        assert bg.settle("the very last words", 30.0)
+        assert bg.encode("the very last words").text == "the very last words"
     finally:
         bg.close()
 

@@ -17,6 +17,7 @@ import math
 from sentistream.engine.messages import Message, now_ns
 from sentistream.engine.stage import Stage
 from sentistream.engine.windowing import FrameTrigger, WindowBuffer, WordSpan
+from sentistream.perception.text import BackgroundTextEncoder
 
 log = logging.getLogger("sentistream.fusion")
 
@@ -33,7 +34,7 @@ class FusionStage(Stage):
         from sentistream.models.live import LiveModel
         from sentistream.perception.audio_features import feature_dim
         from sentistream.perception.face import FACE_FEATURE_DIM
-        from sentistream.perception.text import BackgroundTextEncoder, TextEncoder
+        from sentistream.perception.text import TextEncoder
 
         import torch
 
@@ -116,6 +117,9 @@ class FusionStage(Stage):
             if self.new_words:
                 # Words committed after the last window (the recogniser's final decode):
                 # one closing event re-scores the last window so no word is lost.
+                encoder = self.model.text_encoder
+                if isinstance(encoder, BackgroundTextEncoder):  # ... and is read by the model
+                    encoder.settle(self.buffer.cut(self.last_t1).context_text)
                 self._emit(self.last_t1, final=True)
             self.publish_eos(self.clock)
             self.ended.clear()
