@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         from sentistream.models.live_training import main as train_live
 
         return int(train_live(argv[1:]) or 0)
+    if argv[:1] == ["train-text"]:  # likewise: the text-encoder fine-tune's own options
+        from sentistream.models.text_finetune import main as train_text
+
+        return int(train_text(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -644,86 +644,20 @@ def mlp_head(ds, seed: int, epochs: int, threads: int) -> tuple[dict, dict, dict
 def finetune_minilm(ds, seed: int, epochs: int, threads: int, lr: float = 5e-5, head_lr: float = 1e-3,
                     batch_size: int = 32, max_tokens: int = 128, progress: bool = False
                     ) -> tuple[dict, dict, dict]:
-    """Fine-tune the engine's MiniLM (all-MiniLM-L6-v2) on the train fold: masked mean pooling
-    (as ``TextEncoder``) -> dropout 0.1 -> linear; AdamW (encoder ``lr``, head ``head_lr``,
-    wd 0.01), linear warm-up 10 % then cosine, L1 loss, batch 32; after every epoch the valid MAE
-    picks the epoch whose weights are kept; test evaluated once. Weights are not saved."""
-    import torch
-    from sentistream.models.metrics import regression_metrics
-    from sentistream.models.training import seed_everything, warmup_cosine
-    from sentistream.perception.text import default_model_dir
-    from transformers import AutoModel, AutoTokenizer
+    """The whole MiniLM (all-MiniLM-L6-v2) fine-tuned on the train fold's reference transcripts
+    (``models.text_finetune``: mean pool -> linear, L1 loss, epoch chosen by valid MAE); test
+    evaluated once. Weights are not saved."""
+    from sentistream.models.text_finetune import LabelledTexts, TextFinetuneConfig, finetune_text_encoder
 
-    torch.set_num_threads(threads)
-    seed_everything(seed)
-    mdir = default_model_dir()
-    tok = AutoTokenizer.from_pretrained(mdir, local_files_only=True)
-    tok.truncation_side = "left"
-    enc = AutoModel.from_pretrained(mdir, local_files_only=True)
-    head = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(enc.config.hidden_size, 1))
-    texts = {s: [str(t) for t in ds.split(s).raw_text] for s in ("train", "valid", "test")}
-    ys = {s: torch.from_numpy(ds.split(s).labels) for s in ("train", "valid", "test")}
-
-    def forward(batch_texts: list[str]) -> torch.Tensor:
-        b = tok(batch_texts, truncation=True, max_length=max_tokens, padding=True, return_tensors="pt")
-        h = enc(**b).last_hidden_state
-        m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
-        return head((h * m).sum(1) / m.sum(1).clamp(min=1)).squeeze(-1)
-
-    def predict(s: str) -> np.ndarray:
-        enc.eval()
-        head.eval()
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(texts[s]), 64):
-                out.append(forward(texts[s][i:i + 64]).numpy())
-        return np.concatenate(out)
-
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in enc.named_parameters() if not any(x in n for x in no_decay)],
-         "lr": lr, "weight_decay": 0.01},
-        {"params": [p for n, p in enc.named_parameters() if any(x in n for x in no_decay)],
-         "lr": lr, "weight_decay": 0.0},
-        {"params": head.parameters(), "lr": head_lr, "weight_decay": 0.01},
-    ]
-    opt = torch.optim.AdamW(groups)
-    n = len(texts["train"])
-    steps = epochs * -(-n // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 10)))
-    rng = np.random.default_rng(seed)
-    best: tuple[float | None, Any, int] = (None, None, 0)
-    history = []
-    t0 = time.perf_counter()
-    for ep in range(1, epochs + 1):
-        enc.train()
-        head.train()
-        order = rng.permutation(n)
-        tot = 0.0
-        for b in range(0, n, batch_size):
-            idx = order[b:b + batch_size]
-            loss = torch.nn.functional.l1_loss(forward([texts["train"][i] for i in idx]), ys["train"][idx])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(enc.parameters()) + list(head.parameters()), 1.0)
-            opt.step()
-            sched.step()
-            tot += loss.item() * len(idx)
-        vm = regression_metrics("mosi", predict("valid"), ds.valid.labels)
-        history.append({"epoch": ep, "train_loss": round(tot / n, 4), "valid_mae": round(vm["mae"], 4),
-                        "valid_acc2_non0": round(vm["acc2_non0"], 4),
-                        "seconds": round(time.perf_counter() - t0, 1)})
-        if progress:
-            say(f"  minilm_ft seed {seed} epoch {ep}: {history[-1]}")
-        if best[0] is None or vm["mae"] < best[0]:
-            best = (vm["mae"], ({k: v.detach().clone() for k, v in enc.state_dict().items()},
-                                {k: v.detach().clone() for k, v in head.state_dict().items()}), ep)
-    enc.load_state_dict(best[1][0])
-    head.load_state_dict(best[1][1])
-    valid = regression_metrics("mosi", predict("valid"), ds.valid.labels)
-    test = regression_metrics("mosi", predict("test"), ds.test.labels)
-    return valid, test, {"best_epoch": best[2], "epochs": epochs, "lr": lr, "head_lr": head_lr,
-                         "batch_size": batch_size, "history": history}
+    sets = {s: LabelledTexts([str(t) for t in ds.split(s).raw_text], ds.split(s).labels)
+            for s in ("train", "valid", "test")}
+    cfg = TextFinetuneConfig(train_layers=0, epochs=epochs, lr=lr, head_lr=head_lr, batch_size=batch_size,
+                             max_tokens=max_tokens, seed=seed, threads=threads)
+    res = finetune_text_encoder([sets["train"]], {"valid": sets["valid"]}, {"test": sets["test"]}, cfg,
+                                progress=progress)
+    return res.valid["valid"], res.test["test"], {"best_epoch": res.best_epoch, "epochs": epochs, "lr": lr,
+                                                  "head_lr": head_lr, "batch_size": batch_size,
+                                                  "history": res.history}
 
 
 def suite_text(args, models: Sequence[str], seeds: Sequence[int], command: str) -> None:
@@ -927,6 +861,11 @@ def plain_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     return errors / max(1, sum(len(_plain_words(r)) for r in refs))
 
 
+def _finetune_note(ck: dict[str, Any]) -> str:
+    ft = ck["meta"].get("text_finetune")
+    return f" with the checkpoint's fine-tuned layers ({ft['file']}, sha256 {ft['sha256'][:12]})" if ft else ""
+
+
 def suite_spoken(args, models: Sequence[str], command: str) -> None:
     from sentistream.bench.perception import wer
     from sentistream.models.metrics import regression_metrics
@@ -985,7 +924,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
         **base_meta, "status": "ok",
         "data": (f"{len(refs)} std-test utterances of {Path(args.transcripts).name} spoken by espeak-ng "
                  f"(en-us, 150 wpm, 16 kHz), ASR {args.asr} (faster-whisper tiny.en via perception.asr), "
-                 f"engine TextEncoder, shipped model {ckpt.name} ({ck['model']}, dims "
+                 f"engine TextEncoder{_finetune_note(ck)}, shipped model {ckpt.name} ({ck['model']}, dims "
                  f"{ck['dims'].as_dict()}); one window per utterance (whole transcript + whole audio)"),
         "utterances": len(refs), "asr": args.asr, "wer": float(w_plain), "wer_normalise": float(w_norm),
         "wer_note": "wer: lower case, apostrophes and punctuation dropped on both sides (the MOSI "

@@ -194,6 +194,8 @@ def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
         out.append({"name": "fusion_checkpoint", "required": False, "path": str(path), "status": OK if ok else WARN,
                     "detail": _human(path.stat().st_size) if ok
                     else "not found: the engine runs an untrained placeholder model (scores are meaningless)"})
+        if ok:
+            out.extend(_text_finetune_check(path))
     except Exception as exc:
         out.append({"name": "fusion_checkpoint", "required": False, "path": checkpoint, "status": WARN,
                     "detail": f"{exc.__class__.__name__}: {exc}"})
@@ -397,3 +399,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-open", action="store_true", help="list cameras without opening them")
     p.add_argument("--config", default=None, help="check the model paths of this TOML config")
     p.set_defaults(func=cmd_doctor)
+
+
+def _text_finetune_check(checkpoint: Path) -> list[dict[str, Any]]:
+    """The fine-tuned text-encoder layers a checkpoint was trained on (it will not start without)."""
+    from sentistream.models.registry import read_checkpoint_metadata
+    from sentistream.perception.text import file_sha256
+
+    want = read_checkpoint_metadata(checkpoint)["meta"].get("text_finetune")
+    if not want:
+        return []
+    path = checkpoint.parent / want["file"]
+    if not path.is_file():
+        return [{"name": "text_finetune", "required": True, "path": str(path), "status": MISSING,
+                 "detail": f"{checkpoint.name} needs it beside itself (sentistream train-text, then train-live)"}]
+    same = file_sha256(path) == want["sha256"]
+    return [{"name": "text_finetune", "required": True, "path": str(path), "status": OK if same else MISSING,
+             "detail": _human(path.stat().st_size) if same
+             else f"sha256 differs from the one {checkpoint.name} was trained with (retrain with train-live)"}]

@@ -433,6 +433,7 @@ def load_fusion_model(config):
 
     class _Dims:  # the text encoder's width without loading it: MiniLM = 384 unless configured
         dim = _text_dim(config)
+        encodes_text = False  # so the checkpoint's fine-tuned text layers are not needed here
 
         def encode(self, text):  # pragma: no cover - never called by the server
             raise RuntimeError("the fusion server does not encode text")

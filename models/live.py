@@ -59,6 +59,7 @@ class LiveModel:
             self.checkpoint = ckpt
             self.norm = _norm_stats(meta)
             self._check_dims(meta)
+            self._apply_text_finetune(meta)
         else:
             zoo_name = PLACEHOLDER_MODEL if name == "default" else name
             torch.manual_seed(0)
@@ -148,6 +149,38 @@ class LiveModel:
                     f"checkpoint {self.checkpoint} expects {key} features of width {dims[key]}, "
                     f"the engine produces {getattr(self.dims, key)}"
                 )
+
+    def _apply_text_finetune(self, meta: dict) -> None:
+        """A checkpoint trained on a fine-tuned text encoder names its layer file (beside the
+        checkpoint) and sha256: the engine's encoder gets exactly those weights, or the model
+        does not start (it would read embeddings it never saw)."""
+        want = meta.get("text_finetune") or {}
+        encoder = getattr(self.text_encoder, "encoder", self.text_encoder)  # BackgroundTextEncoder wraps one
+        if not getattr(encoder, "encodes_text", True):  # the fusion server: windows arrive encoded
+            return
+        have = getattr(encoder, "finetune_sha256", "")
+        if not want:
+            if have:
+                log.warning("text.finetune %s is applied, but checkpoint %s was trained on the plain encoder",
+                            getattr(encoder, "finetune_path", "?"), self.checkpoint)
+            return
+        if have == want["sha256"]:
+            return
+        if have:
+            raise ValueError(f"text.finetune {encoder.finetune_path} (sha256 {have[:12]}) is not the text encoder "
+                             f"checkpoint {self.checkpoint} was trained with ({want['file']}, sha256 "
+                             f"{want['sha256'][:12]}); leave text.finetune empty to use the checkpoint's own")
+        path = Path(self.checkpoint).parent / want["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {self.checkpoint} needs its fine-tuned text encoder {path}; "
+                                    "keep the two files together")
+        if not hasattr(encoder, "apply_finetune"):
+            raise ValueError(f"checkpoint {self.checkpoint} needs a fine-tuned TextEncoder; "
+                             f"{type(encoder).__name__} cannot load {path.name}")
+        if encoder.apply_finetune(path) != want["sha256"]:
+            raise ValueError(f"{path}: sha256 differs from the one checkpoint {self.checkpoint} recorded "
+                             "(the file was replaced); retrain with `sentistream train-live`")
+        log.info("text encoder: fine-tuned layers %s applied (sha256 %s)", path.name, want["sha256"][:12])
 
     def describe(self) -> dict:
         out = {"name": self.name, "placeholder": self.placeholder, "checkpoint": Path(self.checkpoint).name}

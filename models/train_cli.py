@@ -1,4 +1,4 @@
-"""`sentistream train` (any zoo model on any supported dataset) and `sentistream train-live`."""
+"""`sentistream train` (any zoo model on any supported dataset), `train-live` and `train-text`."""
 
 from __future__ import annotations
 
@@ -57,6 +57,12 @@ def cmd_train_live(args) -> int:
     return main(args.rest)
 
 
+def cmd_train_text(args) -> int:
+    from sentistream.models.text_finetune import main
+
+    return main(args.rest)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a zoo model (MMSA pickle, MOSI npz, MOSI transcripts, extract output)")
     p.add_argument("--model", required=True, help="registry name: almt, kuda, msfn, mldfa, tfn, lmf, mult")
@@ -70,3 +76,7 @@ def register(subparsers) -> None:
                                  add_help=False)
     live.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/live_training.py (--help for them)")
     live.set_defaults(func=cmd_train_live)
+    text = subparsers.add_parser("train-text", add_help=False,
+                                 help="fine-tune the text encoder's top layers for the live model (then train-live)")
+    text.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/text_finetune.py (--help for them)")
+    text.set_defaults(func=cmd_train_text)

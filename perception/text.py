@@ -11,6 +11,8 @@ for an embedding every window hop, so results are kept in a small LRU cache.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -34,6 +36,10 @@ class TextEncoderOptions:
     # windows with the newest finished embedding meanwhile (BackgroundTextEncoder), so a
     # ~60 ms encode never delays an event. Off: every window waits for its own text.
     background: bool = False
+    # Fine-tuned weights for some of the encoder's layers (``sentistream train-text``), applied
+    # over model_dir's. "" = none here; the live engine then applies the file its fusion
+    # checkpoint was trained with (models/live_text_encoder.safetensors for the shipped model).
+    finetune: str = ""
 
 
 @dataclass
@@ -85,6 +91,10 @@ class TextEncoder:
         self._lock = threading.Lock()
         self.cache_hits = 0
         self.cache_misses = 0
+        self.finetune_sha256 = ""  # of the fine-tuned layer file applied; "" = model_dir's weights
+        self.finetune_path = ""
+        if self.options.finetune:
+            self.apply_finetune(self.options.finetune)
 
     @property
     def dim(self) -> int:
@@ -135,6 +145,77 @@ class TextEncoder:
     def cache_clear(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def apply_finetune(self, path: str | os.PathLike) -> str:
+        """Load fine-tuned layer weights (a ``save_finetune`` file) over the model's own; returns
+        the file's sha256. Every tensor must exist in the model with the same shape, so a file
+        made for another base model is refused with the reason instead of silently mixed in."""
+        torch = self._torch
+        state, info = read_finetune(path)
+        own = self.model.state_dict()
+        misfit = [k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+        if misfit:
+            raise ValueError(
+                f"{path}: fine-tuned text-encoder weights do not fit the model at {self.model_dir!r} "
+                f"({len(misfit)} of {len(state)} tensors, e.g. {misfit[0]!r}); the file was made for "
+                f"{info.get('base', {})}")
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v.to(dtype=own[k].dtype, device=own[k].device))
+        self.finetune_sha256 = info["sha256"]
+        self.finetune_path = str(path)
+        self.cache_clear()
+        return self.finetune_sha256
+
+
+FINETUNE_FORMAT = "sentistream-text-finetune-1"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_finetune(model, prefixes: list[str], path: str | os.PathLike, meta: dict | None = None,
+                  dtype: str = "float16") -> str:
+    """Write the tensors of ``model`` (a transformers encoder) whose names start with one of
+    ``prefixes`` (e.g. ``encoder.layer.5.``) to a safetensors file; returns its sha256.
+    float16 halves the file; the encoder computes in float32 after loading it."""
+    import torch
+    from safetensors.torch import save_file
+
+    dt = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    state = {k: v.detach().to("cpu", dt).contiguous() for k, v in model.state_dict().items()
+             if any(k.startswith(p) for p in prefixes)}
+    if not state:
+        raise ValueError(f"no tensors start with {prefixes}")
+    cfg = model.config
+    base = {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(state, str(path), metadata={"format": FINETUNE_FORMAT, "base": json.dumps(base),
+                                          "prefixes": json.dumps(prefixes),
+                                          "meta": json.dumps(meta or {}, default=str)})
+    return file_sha256(path)
+
+
+def read_finetune(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(tensors, info) of a ``save_finetune`` file; info has base, prefixes, meta and sha256."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no fine-tuned text-encoder file at {str(path)!r}")
+    with safe_open(str(path), framework="pt") as fh:
+        md = fh.metadata() or {}
+        if md.get("format") != FINETUNE_FORMAT:
+            raise ValueError(f"{path}: not a sentistream text-encoder fine-tune (format={md.get('format')!r})")
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    info = {"base": json.loads(md.get("base", "{}")), "prefixes": json.loads(md.get("prefixes", "[]")),
+            "meta": json.loads(md.get("meta", "{}")), "sha256": file_sha256(path)}
+    return state, info
 
 
 def _copy(emb: TextEmbedding) -> TextEmbedding:

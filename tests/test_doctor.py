@@ -33,7 +33,7 @@ def test_json_report_has_every_section(report):
 
 def test_models_found_in_this_install(report):
     models = {m["name"]: m for m in report["models"]}
-    assert set(models) == {"whisper", "text_encoder", "mediapipe", "fusion_checkpoint"}
+    assert set(models) - {"text_finetune"} == {"whisper", "text_encoder", "mediapipe", "fusion_checkpoint"}
     # the venv carries all of them (pyproject pins the packages)
     for name in ("whisper", "text_encoder", "mediapipe"):
         assert models[name]["status"] == "ok", models[name]
@@ -46,6 +46,11 @@ def test_models_found_in_this_install(report):
     assert models["mediapipe"]["version"] == "0.10.21"
     assert models["fusion_checkpoint"]["path"] == str(shipped_checkpoint_path())
     assert models["fusion_checkpoint"]["status"] == ("ok" if shipped_checkpoint_path().is_file() else "warn")
+    from sentistream.models.registry import read_checkpoint_metadata
+
+    if shipped_checkpoint_path().is_file() and read_checkpoint_metadata(shipped_checkpoint_path())["meta"].get(
+            "text_finetune"):  # the shipped model reads fine-tuned text layers: they are beside it
+        assert models["text_finetune"]["status"] == "ok", models["text_finetune"]
     assert report["ok"] and report["_code"] == 0
 
 
