@@ -230,3 +230,22 @@ def test_out_of_fold_encoding_uses_the_encoder_that_never_saw_the_video(finetune
     (fdir / "fold1.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="run `sentistream train-text` again"):
         out_of_fold_encode(texts, vids, cf, tmp_path, progress=False)
+
+
+def test_run_with_text_layers_the_model_was_not_trained_on_stops_with_the_reason(finetuned, tmp_path):
+    """A wrong text.finetune is a fatal error of the fusion stage: one clear line, no respawn loop."""
+    from sentistream.models.live import shipped_checkpoint_path
+    from sentistream.models.registry import read_checkpoint_metadata
+
+    if not shipped_checkpoint_path().is_file() or not read_checkpoint_metadata(
+            shipped_checkpoint_path())["meta"].get("text_finetune"):
+        pytest.skip("the shipped model has no fine-tuned text layers")
+    path, _, _ = finetuned
+    cfg = tmp_path / "wrong.toml"
+    cfg.write_text(f'[text]\nfinetune = "{path}"\n')
+    proc = subprocess.run(sentistream_cmd("run", "--source", "demo", "--duration", "3", "--view", "none",
+                                          "--config", str(cfg)), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "is not the text encoder" in errors[0] and str(path) in errors[0], errors
+    assert "restarts: none" in proc.stdout + proc.stderr

@@ -15,7 +15,7 @@ import logging
 import math
 
 from sentistream.engine.messages import Message, now_ns
-from sentistream.engine.stage import Stage
+from sentistream.engine.stage import FatalStageError, Stage
 from sentistream.engine.windowing import FrameTrigger, WindowBuffer, WordSpan
 from sentistream.perception.text import BackgroundTextEncoder
 
@@ -47,10 +47,15 @@ class FusionStage(Stage):
         self.new_words: list[WordSpan] = []  # committed since the previous event
         self.trigger = FrameTrigger(w.hop_s) if w.trigger == "frame" else None
         self.last_t1 = 0.0  # the newest window end scored (the closing event repeats it)
-        encoder = TextEncoder(self.config.text)
-        if self.config.text.background:
-            encoder = BackgroundTextEncoder(encoder)  # a changed transcript never delays an event
-        self.model = LiveModel(self.config.fusion, encoder, FACE_FEATURE_DIM, self.audio_dim)
+        try:
+            encoder = TextEncoder(self.config.text)
+            if self.config.text.background:
+                encoder = BackgroundTextEncoder(encoder)  # a changed transcript never delays an event
+            self.model = LiveModel(self.config.fusion, encoder, FACE_FEATURE_DIM, self.audio_dim)
+        except (FileNotFoundError, ValueError) as exc:
+            # A missing model file or a checkpoint that does not fit its text encoder: a restart
+            # cannot fix it, so the graph stops with the reason instead of respawning this stage.
+            raise FatalStageError(f"fusion: {exc}") from None
         self.model.warm_up()
         self.expected_inputs = set(self.params.get("expected_inputs", []))
         self.ended: set[str] = set()
