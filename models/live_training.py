@@ -802,6 +802,9 @@ The ridge rows are this run's own baseline on the same encoder (same tokens, mea
 L2-normalised by the `TextEncoder`, alpha chosen by validation MAE); issue 4 quotes a measured floor
 of 79.9 % Acc2 non0 / MAE 0.96 / Corr 0.70 on std test for the frozen encoder. {_ft_rows_text(meta)}Validation numbers are
 on 229 utterances and move by about ±0.02 MAE / ±1.5 points Acc2 between seeds.
+The same model on Whisper's transcripts of the spoken std-test utterances (the engine's real ASR
+path) is the `mosi_spoken` suite of `bench/results/accuracy.md`; the learning rate was chosen on
+std-valid as in `bench/results/live_lr_sweep.md`.
 
 ### Robustness to audio / vision (same checkpoint)
 
