@@ -538,6 +538,73 @@ def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, con
     merge_results(Path(args.out), "mosi_utterance", {}, {**suite_meta, "goal_status": gs}, {})
 
 
+def zoo_ensemble_members(spec: str, recorded: dict[str, Any]) -> tuple[list[str], str]:
+    """``topN``: the N zoo models with the lowest recorded mean valid MAE (their own runs in
+    accuracy.json; validation only), or an explicit comma list of recorded models."""
+    singles = {m: v for m, v in recorded.items() if m in ZOO and "valid" in v and "context" in v}
+    if spec.startswith("top"):
+        n = int(spec[3:] or 3)
+        members = sorted(singles, key=lambda m: singles[m]["valid"]["mae"])[:n]
+        ranked = ", ".join(f"{m} {singles[m]['valid']['mae']:.3f}" for m in sorted(singles, key=lambda m: singles[m]["valid"]["mae"]))
+        rule = f"the {n} zoo models with the lowest recorded mean valid MAE ({ranked})"
+    else:
+        members = [m.strip() for m in spec.split(",") if m.strip()]
+        rule = "members given on the command line"
+    missing = [m for m in members if m not in singles]
+    if missing or len(members) < 2:
+        raise SystemExit(f"--zoo-ensemble {spec}: needs >= 2 zoo models with recorded mosi_utterance runs "
+                         f"(missing: {missing or 'members'}; run them first)")
+    return members, rule
+
+
+def utterance_zoo_ensemble(args, seeds: Sequence[int], command: str) -> None:
+    """Row ``zoo_ens_<members>``: per seed s, each member trained with seed s at its own recorded K
+    (early-stopped on valid as usual); the members' test scores are averaged; mean +- std over seeds."""
+    from sentistream.models import training
+    from sentistream.models.metrics import regression_metrics
+
+    path = Path(args.out) / "accuracy.json"
+    recorded = (json.loads(path.read_text()).get("meta", {}).get("mosi_utterance", {}).get("models", {})
+                if path.is_file() else {})
+    members, rule = zoo_ensemble_members(str(args.zoo_ensemble), recorded)
+    ks = {m: int(recorded[m]["context"]) for m in members}
+    datasets = {k: load_utterance_data(Path(args.npz), k, args.subsample_n)[0] for k in sorted(set(ks.values()))}
+    first = datasets[min(datasets)]
+    for ds in datasets.values():  # the same rows in the same order whatever K
+        assert np.array_equal(ds.test.ids, first.test.ids) and np.array_equal(ds.valid.ids, first.valid.ids)
+    epoch_cap = args.epochs or DEFAULT_EPOCH_CAP
+    row = "zoo_ens_" + "_".join(members)
+    t0 = time.perf_counter()
+    tests, valids, per_seed = [], [], []
+    for s in seeds:
+        pv, pt, summaries = [], [], []
+        for m in members:
+            cfg = _train_config(m, epoch_cap, args.threads, args.progress)
+            ds = datasets[ks[m]]
+            r = training.train_model(m, ds, cfg, seed=s)
+            pv.append(training.predict(r.model, ds.valid, max_len=cfg.max_len))
+            pt.append(training.predict(r.model, ds.test, max_len=cfg.max_len))
+            summaries.append({"model": m, "context": ks[m], **_run_summary(r)})
+            say(f"mosi_utterance {row} seed={s}: {m} K={ks[m]} valid mae {r.valid['mae']:.4f} ({r.seconds:.0f} s)")
+        valid = regression_metrics("mosi", np.mean(pv, axis=0), first.valid.labels)
+        test = regression_metrics("mosi", np.mean(pt, axis=0), first.test.labels)
+        valids.append(valid)
+        tests.append(test)
+        per_seed.append({"seed": s, "valid": _round(valid), "test": _round(test), "members": summaries})
+    test, valid = _agg(tests), _agg(valids)
+    say(f"mosi_utterance {row}: test acc2_non0 {test['acc2_non0']:.4f} +- {test['acc2_non0_std']:.4f}, "
+        f"mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)")
+    mm = {"command": command, "date": _now(), "context": "/".join(str(ks[m]) for m in members),
+          "seeds": list(seeds), "ensemble": {"members": members, "member_rule": rule,
+                                              "rule": "mean of the members' scores; each member trained with "
+                                                      "the row's seed at its own recorded K, early-stopped on valid"},
+          "valid": _round(valid), "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1)}
+    data = merge_results(Path(args.out), "mosi_utterance", {row: _test_row(test)}, {}, {row: mm}, fresh=args.fresh)
+    args.fresh = False
+    gs = goal_status("mosi_utterance", data["mosi_utterance"])
+    merge_results(Path(args.out), "mosi_utterance", {}, {"goal_status": gs}, {})
+
+
 # --------------------------------------------------------------------------- mosi_text
 def load_text_data(csv: Path, subsample: int | None, progress: bool):
     """MOSI transcripts, std folds, the engine's TextEncoder tokens (as ``models.data.load_mosi_text``,
@@ -988,7 +1055,10 @@ def run(args) -> int:
                 continue
         say(f"suite {suite}: models {models}, seeds {seeds}")
         if suite == "mosi_utterance":
-            suite_utterance(args, models, seeds, command)
+            if args.zoo_ensemble:
+                utterance_zoo_ensemble(args, seeds, command)
+            else:
+                suite_utterance(args, models, seeds, command)
         elif suite == "mosi_text":
             suite_text(args, models, seeds, command)
         else:
@@ -1018,6 +1088,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, default=1,
                    help="mosi_utterance: N > 1 adds a row <model>_ensN, the mean score of N models "
                         "trained with different seeds, for each seed (default 1: single models)")
+    p.add_argument("--zoo-ensemble", default="", metavar="topN|M1,M2,..",
+                   help="mosi_utterance: instead of single models, a row zoo_ens_<members>: the mean score of "
+                        "different zoo models (topN: the N with the lowest recorded valid MAE), each at its "
+                        "recorded K, per seed")
     p.add_argument("--ft-epochs", type=int, default=None, help=f"minilm_ft epochs (default {FT_EPOCHS})")
     p.add_argument("--ft-lr", type=float, default=5e-5, help="minilm_ft encoder learning rate")
     p.add_argument("--npz", default=str(DEFAULT_NPZ), help="mosi_utterances.npz")

@@ -106,3 +106,30 @@ def test_seed_ensemble_row_averages_its_members(tmp_path: Path) -> None:
     assert seed_run["test"]["mae"] not in member_mae
     assert seed_run["test"]["mae"] <= max(member_mae) + 1e-9  # |mean error| <= mean |error| (convexity)
     assert "lmf_ens2" in (tmp_path / "accuracy.md").read_text()
+
+
+def test_zoo_ensemble_members_rule() -> None:
+    rec = {"lmf": {"valid": {"mae": 0.6}, "context": 8}, "tfn": {"valid": {"mae": 0.62}, "context": 0},
+           "msfn": {"valid": {"mae": 0.64}, "context": 0}, "lmf_ens5": {"valid": {"mae": 0.5}, "context": 8},
+           "almt": {"valid": {"mae": 0.7}, "context": 0}}
+    members, rule = accuracy.zoo_ensemble_members("top3", rec)
+    assert members == ["lmf", "tfn", "msfn"] and "lowest recorded mean valid MAE" in rule  # ensembles are no member
+    assert accuracy.zoo_ensemble_members("almt,lmf", rec)[0] == ["almt", "lmf"]
+    with pytest.raises(SystemExit, match="missing"):
+        accuracy.zoo_ensemble_members("lmf,kuda", rec)
+
+
+@needs_data
+def test_zoo_ensemble_row_averages_different_models(tmp_path: Path) -> None:
+    common = ["--quick", "--subsample", "90", "--suites", "mosi_utterance", "--out", str(tmp_path)]
+    assert accuracy.main(common + ["--models", "lmf,msfn", "--contexts", "0,2"]) == 0
+    assert accuracy.main(common + ["--zoo-ensemble", "top2"]) == 0
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    mm = data["meta"]["mosi_utterance"]["models"]["zoo_ens_" + "_".join(
+        sorted(["lmf", "msfn"], key=lambda m: data["meta"]["mosi_utterance"]["models"][m]["valid"]["mae"]))]
+    (seed_run,) = mm["per_seed"]
+    ks = {m["model"]: m["context"] for m in seed_run["members"]}
+    assert ks == {m: data["meta"]["mosi_utterance"]["models"][m]["context"] for m in ("lmf", "msfn")}
+    member_mae = [m["test"]["mae"] for m in seed_run["members"]]
+    assert seed_run["test"]["mae"] <= max(member_mae) + 1e-9 and seed_run["test"]["mae"] not in member_mae
+    assert data["meta"]["mosi_utterance"]["goal_status"].startswith("Best by acc2_non0")
