@@ -23,6 +23,9 @@ Suites
     Caveat (measured, reported in the JSON): the text and video extractors were trained on all of
     declare-train, so the carved validation split is *leaky* (validation Acc-2 near 99 %); model
     selection on it is still the only selection the data rules allow.
+    Ensembles: ``--ensemble N`` adds ``<model>_ensN`` (N seeds of one model averaged);
+    ``--zoo-ensemble topN`` adds ``zoo_ens_<members>`` (the N zoo models with the lowest recorded
+    valid MAE, each at its recorded ``K``, averaged per seed).
 ``mosi_text``
     MOSI transcripts with the standard CMU-SDK folds (``std_split``), encoded by the engine's own
     text encoder (frozen all-MiniLM-L6-v2 token embeddings, ``perception.text.TextEncoder``).
