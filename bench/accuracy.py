@@ -490,11 +490,17 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
               "train_config": {k: v for k, v in cfg.as_dict().items() if k not in ("progress",)},
               "hparams": first.model.hparams, "per_seed": [_run_summary(r) for r in runs],
               "seconds": round(time.perf_counter() - t0, 1)}
-        data = merge_results(Path(args.out), "mosi_utterance", {name: _test_row(test)}, suite_meta,
-                             {name: mm}, fresh=args.fresh)
-        args.fresh = False
-        gs = goal_status("mosi_utterance", data["mosi_utterance"])
-        merge_results(Path(args.out), "mosi_utterance", {}, {**suite_meta, "goal_status": gs}, {})
+        _merge_utterance_row(args, name, test, suite_meta, mm)
+
+
+def _merge_utterance_row(args, row: str, test: dict[str, float], suite_meta: dict[str, Any],
+                         model_meta: dict[str, Any]) -> None:
+    """One mosi_utterance row into accuracy.json, then the suite's goal status over all its rows."""
+    data = merge_results(Path(args.out), "mosi_utterance", {row: _test_row(test)}, suite_meta, {row: model_meta},
+                         fresh=args.fresh)
+    args.fresh = False
+    gs = goal_status("mosi_utterance", data["mosi_utterance"])
+    merge_results(Path(args.out), "mosi_utterance", {}, {**suite_meta, "goal_status": gs}, {})
 
 
 def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, contexts, suite_meta,
@@ -534,11 +540,7 @@ def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, con
           "context_sweep": sweep, "valid": _round(valid), "dims": ds.dims.as_dict(),
           "train_config": {kk: v for kk, v in cfg.as_dict().items() if kk not in ("progress",)},
           "hparams": first.model.hparams, "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1)}
-    data = merge_results(Path(args.out), "mosi_utterance", {row: _test_row(test)}, suite_meta, {row: mm},
-                         fresh=args.fresh)
-    args.fresh = False
-    gs = goal_status("mosi_utterance", data["mosi_utterance"])
-    merge_results(Path(args.out), "mosi_utterance", {}, {**suite_meta, "goal_status": gs}, {})
+    _merge_utterance_row(args, row, test, suite_meta, mm)
 
 
 def zoo_ensemble_members(spec: str, recorded: dict[str, Any]) -> tuple[list[str], str]:
@@ -547,8 +549,9 @@ def zoo_ensemble_members(spec: str, recorded: dict[str, Any]) -> tuple[list[str]
     singles = {m: v for m, v in recorded.items() if m in ZOO and "valid" in v and "context" in v}
     if spec.startswith("top"):
         n = int(spec[3:] or 3)
-        members = sorted(singles, key=lambda m: singles[m]["valid"]["mae"])[:n]
-        ranked = ", ".join(f"{m} {singles[m]['valid']['mae']:.3f}" for m in sorted(singles, key=lambda m: singles[m]["valid"]["mae"]))
+        by_mae = sorted(singles, key=lambda m: singles[m]["valid"]["mae"])
+        members = by_mae[:n]
+        ranked = ", ".join(f"{m} {singles[m]['valid']['mae']:.3f}" for m in by_mae)
         rule = f"the {n} zoo models with the lowest recorded mean valid MAE ({ranked})"
     else:
         members = [m.strip() for m in spec.split(",") if m.strip()]
@@ -602,10 +605,7 @@ def utterance_zoo_ensemble(args, seeds: Sequence[int], command: str) -> None:
                                               "rule": "mean of the members' scores; each member trained with "
                                                       "the row's seed at its own recorded K, early-stopped on valid"},
           "valid": _round(valid), "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1)}
-    data = merge_results(Path(args.out), "mosi_utterance", {row: _test_row(test)}, {}, {row: mm}, fresh=args.fresh)
-    args.fresh = False
-    gs = goal_status("mosi_utterance", data["mosi_utterance"])
-    merge_results(Path(args.out), "mosi_utterance", {}, {"goal_status": gs}, {})
+    _merge_utterance_row(args, row, test, {}, mm)
 
 
 # --------------------------------------------------------------------------- mosi_text

@@ -235,12 +235,11 @@ def with_asr_copies(train: data_mod.SplitData, hyps: Sequence[str], encoder, ide
         pooled=opt(train.pooled, pooled) if train.pooled is not None else None)
 
 
-def out_of_fold_encode(texts: Sequence[str], video_ids: Sequence[str], crossfit: dict[str, Any],
-                       cache_dir: Optional[Path], progress: bool) -> tuple[data_mod.SequenceStore, np.ndarray]:
-    """Each text encoded by the ``train-text`` fold encoder that did not train on its video."""
+def load_fold_encoders(crossfit: dict[str, Any], cache_dir: Optional[Path]) -> list[tuple[Any, dict[str, Any]]]:
+    """The ``train-text`` fold encoders (encoder, identity) named by ``crossfit``, checked by sha256."""
     from sentistream.models.text_finetune import crossfit_dir
 
-    stores = []
+    out = []
     for f in crossfit["files"]:
         path = crossfit_dir(cache_dir, "") / f["file"]
         if not path.is_file():
@@ -249,6 +248,18 @@ def out_of_fold_encode(texts: Sequence[str], video_ids: Sequence[str], crossfit:
         enc, ident = data_mod.make_text_encoder(finetune=str(path))
         if ident["finetune_sha256"] != f["sha256"]:
             raise ValueError(f"{path}: not the fold encoder the text fine-tune recorded; run train-text again")
+        out.append((enc, ident))
+    return out
+
+
+def out_of_fold_encode(texts: Sequence[str], video_ids: Sequence[str], crossfit: dict[str, Any],
+                       cache_dir: Optional[Path], progress: bool,
+                       encoders: Optional[list[tuple[Any, dict[str, Any]]]] = None
+                       ) -> tuple[data_mod.SequenceStore, np.ndarray]:
+    """Each text encoded by the ``train-text`` fold encoder that did not train on its video
+    (``encoders``: from :func:`load_fold_encoders`, loaded here when not given)."""
+    stores = []
+    for enc, ident in encoders or load_fold_encoders(crossfit, cache_dir):
         store, pooled, _ = data_mod.encode_texts(list(texts), enc, ident, cache_dir, None, progress,
                                                  tag="live_oof_tokens")
         stores.append((store, pooled))
@@ -558,9 +569,9 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
     encoder, ident = data_mod.make_text_encoder(finetune=str(text_finetune) if text_finetune else None)
     ft_meta: dict[str, Any] = {}
     if text_finetune:
-        from sentistream.perception.text import read_finetune
+        from sentistream.perception.text import finetune_info
 
-        info = read_finetune(text_finetune)[1]
+        info = finetune_info(text_finetune)
         keep = ("config", "trained", "best_epoch", "valid", "test", "command", "created", "asr_copies", "crossfit")
         ft_meta = {"file": Path(text_finetune).name, "sha256": info["sha256"],
                    "bytes": Path(text_finetune).stat().st_size, **{k: info["meta"].get(k) for k in keep}}
@@ -570,10 +581,12 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
     texts_train = list(splits.train.raw_text)
     pool = load_av_pool(texts_train, cache_dir, n_audio=n_audio, seed=seed)
     crossfit = (ft_meta.get("crossfit") or {}) if ft_meta else {}
-    if crossfit.get("folds", 0) > 1:
+    fold_encoders = load_fold_encoders(crossfit, cache_dir) if crossfit.get("folds", 0) > 1 else None
+    if fold_encoders:
         # Train rows encoded by the final encoder would be ones it has fitted: use the fold
         # encoder that never saw each row's video (valid / test keep the final encoder).
-        store, pooled = out_of_fold_encode(texts_train, splits.train.video_ids, crossfit, cache_dir, progress)
+        store, pooled = out_of_fold_encode(texts_train, splits.train.video_ids, crossfit, cache_dir, progress,
+                                           fold_encoders)
         splits.train.text, splits.train.pooled = store, pooled
     asr_info: dict[str, Any] = {"enabled": False}
     reference_splits = data_mod.DatasetSplits(splits.train, splits.valid, splits.test, splits.name,
@@ -585,8 +598,8 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
 
         asr_info.update(enabled=True, rows=len(hyps), wer=round(wer(texts_train, hyps), 4))
         splits.train = with_asr_copies(splits.train, hyps, encoder, ident, cache_dir, progress,
-                                       out_of_fold_encode(hyps, splits.train.video_ids, crossfit, cache_dir, progress)
-                                       if crossfit.get("folds", 0) > 1 else None)
+                                       out_of_fold_encode(hyps, splits.train.video_ids, crossfit, cache_dir, progress,
+                                                          fold_encoders) if fold_encoders else None)
     hp = {**LIVE_HPARAMS, **(hparams or {})}
     cfg = training.TrainConfig.from_dict({**LIVE_TRAIN, **(train_overrides or {}),
                                           "seed": seed, "progress": progress})

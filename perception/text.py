@@ -203,19 +203,27 @@ def save_finetune(model, prefixes: list[str], path: str | os.PathLike, meta: dic
 
 
 def read_finetune(path: str | os.PathLike) -> tuple[dict, dict]:
-    """(tensors, info) of a ``save_finetune`` file; info has base, prefixes, meta and sha256."""
+    """(tensors, info) of a ``save_finetune`` file; info as :func:`finetune_info`."""
+    from safetensors import safe_open
+
+    info = finetune_info(path)
+    with safe_open(str(path), framework="pt") as fh:
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    return state, info
+
+
+def finetune_info(path: str | os.PathLike) -> dict:
+    """A ``save_finetune`` file's base, prefixes, meta and sha256, without reading its tensors."""
     from safetensors import safe_open
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no fine-tuned text-encoder file at {str(path)!r}")
     with safe_open(str(path), framework="pt") as fh:
         md = fh.metadata() or {}
-        if md.get("format") != FINETUNE_FORMAT:
-            raise ValueError(f"{path}: not a sentistream text-encoder fine-tune (format={md.get('format')!r})")
-        state = {k: fh.get_tensor(k) for k in fh.keys()}
-    info = {"base": json.loads(md.get("base", "{}")), "prefixes": json.loads(md.get("prefixes", "[]")),
+    if md.get("format") != FINETUNE_FORMAT:
+        raise ValueError(f"{path}: not a sentistream text-encoder fine-tune (format={md.get('format')!r})")
+    return {"base": json.loads(md.get("base", "{}")), "prefixes": json.loads(md.get("prefixes", "[]")),
             "meta": json.loads(md.get("meta", "{}")), "sha256": file_sha256(path)}
-    return state, info
 
 
 def _copy(emb: TextEmbedding) -> TextEmbedding:
