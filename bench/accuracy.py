@@ -26,6 +26,10 @@ Suites
     Ensembles: ``--ensemble N`` adds ``<model>_ensN`` (N seeds of one model averaged);
     ``--zoo-ensemble topN`` adds ``zoo_ens_<members>`` (the N zoo models with the lowest recorded
     valid MAE, each at its recorded ``K``, averaged per seed).
+    Refit: ``--refit`` scores, instead of each selected run, the same model retrained (same seed,
+    configuration and ``K``) on train + valid for the epochs that run's early stopping chose
+    (:func:`~sentistream.models.training.refit_model`); row ``<model>[_ensN]_refit``. Selection still
+    reads validation only; the refit adds the 240 carved rows back to training.
 ``mosi_text``
     MOSI transcripts with the standard CMU-SDK folds (``std_split``), encoded by the engine's own
     text encoder (frozen all-MiniLM-L6-v2 token embeddings, ``perception.text.TextEncoder``).
@@ -450,6 +454,7 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
             "current-utterance channel is appended to each modality."),
             (f"Epochs per run: min({epoch_cap}, the model's configured epochs), early stopping with "
             "the configured patience; KuDA stage 1: min(configured, cap // 4)."),
+            "Rows ending _refit (--refit): " + REFIT_RULE + ".",
         ],
     }
     for name in models:
@@ -478,9 +483,13 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
             say(f"mosi_utterance {name} K={best_k} seed={s}: valid {cfg.select_metric} "
                 f"{r.valid[cfg.select_metric]:.4f} ({r.seconds:.0f} s)")
             runs.append(r)
-        test = _agg([r.test for r in runs])
-        valid = _agg([r.valid for r in runs])
-        say(f"mosi_utterance {name}: K={best_k} test acc2_non0 {test['acc2_non0']:.4f} ± "
+        row, refits = name, None
+        if args.refit:
+            row = f"{name}_refit"
+            refits = [_refit(name, datasets[best_k], r) for r in runs]
+        test = _agg([r.test for r in (refits or runs)])
+        valid = _agg([r.valid for r in runs])  # the selected runs' (a refit trains on valid)
+        say(f"mosi_utterance {row}: K={best_k} test acc2_non0 {test['acc2_non0']:.4f} ± "
             f"{test['acc2_non0_std']:.4f}, mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)")
         mm = {"command": command, "date": _now(), "context": best_k, "seeds": list(seeds),
               "context_selection": shared if shared is not None else
@@ -490,7 +499,28 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
               "train_config": {k: v for k, v in cfg.as_dict().items() if k not in ("progress",)},
               "hparams": first.model.hparams, "per_seed": [_run_summary(r) for r in runs],
               "seconds": round(time.perf_counter() - t0, 1)}
-        _merge_utterance_row(args, name, test, suite_meta, mm)
+        if refits:
+            mm["refit"] = {"rule": REFIT_RULE, "per_seed": [_refit_summary(r) for r in refits]}
+        _merge_utterance_row(args, row, test, suite_meta, mm)
+
+
+REFIT_RULE = ("each run selected on valid as usual (K, early-stopped epoch e) is retrained with the same seed "
+              "and configuration on train + valid, for e epochs of the configured LR schedule, and only that "
+              "retrained model is scored on test; valid figures are the selected runs' (the refit trains on "
+              "valid)")
+
+
+def _refit(name: str, ds, selected):
+    from sentistream.models import training
+
+    r = training.refit_model(name, ds, selected, hparams=selected.model.hparams)
+    say(f"  refit {name} seed={selected.seed}: {r.epochs_run} epochs on train + valid, test acc2_non0 "
+        f"{r.test['acc2_non0']:.4f} ({r.seconds:.0f} s)")
+    return r
+
+
+def _refit_summary(r) -> dict[str, Any]:
+    return {"seed": r.seed, "epochs": r.epochs_run, "seconds": round(r.seconds, 1), "test": _round(r.test)}
 
 
 def _merge_utterance_row(args, row: str, test: dict[str, float], suite_meta: dict[str, Any],
@@ -511,7 +541,7 @@ def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, con
     from sentistream.models.metrics import regression_metrics
 
     n = args.ensemble
-    row = f"{name}_ens{n}"
+    row = f"{name}_ens{n}" + ("_refit" if args.refit else "")
     per_seed, tests, valids = [], [], []
     for s in seeds:
         members = []
@@ -520,15 +550,17 @@ def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, con
             r = first if (first is not None and seed == first.seed) else training.train_model(name, ds, cfg, seed=seed)
             members.append(r)
         pv = np.mean([training.predict(r.model, ds.valid, max_len=cfg.max_len) for r in members], axis=0)
-        pt = np.mean([training.predict(r.model, ds.test, max_len=cfg.max_len) for r in members], axis=0)
+        scored = [_refit(name, ds, r) for r in members] if args.refit else members
+        pt = np.mean([training.predict(r.model, ds.test, max_len=cfg.max_len) for r in scored], axis=0)
         valid = regression_metrics("mosi", pv, ds.valid.labels)
         test = regression_metrics("mosi", pt, ds.test.labels)
         say(f"mosi_utterance {row} K={k} seed={s}: valid mae {valid['mae']:.4f}, members' test acc2_non0 "
-            f"{[round(r.test['acc2_non0'], 4) for r in members]}")
+            f"{[round(r.test['acc2_non0'], 4) for r in scored]}")
         valids.append(valid)
         tests.append(test)
         per_seed.append({"seed": s, "member_seeds": [r.seed for r in members], "valid": _round(valid),
-                         "test": _round(test), "members": [_run_summary(r) for r in members]})
+                         "test": _round(test), "members": [_run_summary(r) for r in members]}
+                        | ({"refits": [_refit_summary(r) for r in scored]} if args.refit else {}))
     test, valid = _agg(tests), _agg(valids)
     say(f"mosi_utterance {row}: K={k} test acc2_non0 {test['acc2_non0']:.4f} +- {test['acc2_non0_std']:.4f}, "
         f"mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)")
@@ -538,6 +570,7 @@ def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, con
           "context_selection": shared if shared is not None else
           {"rule": f"own first-seed sweep over K in {contexts} on valid {cfg.select_metric}"},
           "context_sweep": sweep, "valid": _round(valid), "dims": ds.dims.as_dict(),
+          **({"refit": {"rule": REFIT_RULE}} if args.refit else {}),
           "train_config": {kk: v for kk, v in cfg.as_dict().items() if kk not in ("progress",)},
           "hparams": first.model.hparams, "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1)}
     _merge_utterance_row(args, row, test, suite_meta, mm)
@@ -1095,6 +1128,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mosi_utterance: instead of single models, a row zoo_ens_<members>: the mean score of "
                         "different zoo models (topN: the N with the lowest recorded valid MAE), each at its "
                         "recorded K, per seed")
+    p.add_argument("--refit", action="store_true",
+                   help="mosi_utterance: retrain each selected run on train + valid for its chosen epochs "
+                        "and score that on test (row <name>[_ensN]_refit)")
     p.add_argument("--ft-epochs", type=int, default=None, help=f"minilm_ft epochs (default {FT_EPOCHS})")
     p.add_argument("--ft-lr", type=float, default=5e-5, help="minilm_ft encoder learning rate")
     p.add_argument("--npz", default=str(DEFAULT_NPZ), help="mosi_utterances.npz")

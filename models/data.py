@@ -213,6 +213,26 @@ class SplitData:
         return n // batch_size if drop_last else -(-n // batch_size)
 
 
+def concat_splits(first: SplitData, second: SplitData) -> SplitData:
+    """Rows of ``first`` then rows of ``second`` (same widths; e.g. train + valid for a refit)."""
+    if first.dims != second.dims:
+        raise ValueError(f"cannot concatenate splits of widths {first.dims} and {second.dims}")
+
+    def store(a: SequenceStore, b: SequenceStore) -> SequenceStore:
+        return SequenceStore(np.concatenate([a.flat, b.flat]),
+                             np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]), a.dim)
+
+    def opt(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        return None if a is None or b is None else np.concatenate([np.asarray(a), np.asarray(b)])
+
+    extra = {k: np.concatenate([v, second.extra_labels[k]]) for k, v in first.extra_labels.items()
+             if k in second.extra_labels}
+    return SplitData(store(first.text, second.text), store(first.audio, second.audio),
+                     store(first.vision, second.vision), np.concatenate([first.labels, second.labels]),
+                     np.concatenate([first.ids, second.ids]), opt(first.video_ids, second.video_ids),
+                     opt(first.raw_text, second.raw_text), extra, opt(first.pooled, second.pooled))
+
+
 @dataclass
 class DatasetSplits:
     """train / valid / test plus provenance (``info`` is JSON-able and goes into checkpoints)."""

@@ -38,7 +38,6 @@ kept in ``extra`` (and reported by ``TrainConfig.unknown_keys``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -301,8 +300,12 @@ def _state(model: FusionModel) -> dict[str, Tensor]:
 # --------------------------------------------------------------------------- the loop
 def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs: int, lr: float,
                rng: np.random.Generator, gen: torch.Generator, augment: Optional[Augment],
-               select: str, desc: str) -> tuple[int, int, list[dict[str, float]]]:
-    """Train for up to ``epochs``; restore the best validation state. Returns (best, run, history)."""
+               select: str, desc: str, stop_after: Optional[int] = None
+               ) -> tuple[int, int, list[dict[str, float]]]:
+    """Train for up to ``epochs``; restore the best validation state. Returns (best, run, history).
+
+    ``stop_after``: a refit. The LR schedule still spans ``epochs``, but training stops after
+    epoch ``stop_after`` and keeps those final weights; the validation split is not read."""
     from tqdm.auto import tqdm
 
     kind = metrics_name(data)
@@ -329,7 +332,8 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
     best_val: Optional[float] = None
     best_state = _state(model)
     best_epoch, bad, history = 0, 0, []
-    bar = tqdm(range(1, epochs + 1), desc=desc, unit="ep", disable=not cfg.progress, leave=False)
+    last = epochs if stop_after is None else max(0, min(int(stop_after), epochs))
+    bar = tqdm(range(1, last + 1), desc=desc, unit="ep", disable=not cfg.progress, leave=False)
     epoch = 0
     for epoch in bar:
         model.train()
@@ -358,6 +362,10 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
         rec: dict[str, float] = {"epoch": epoch, "train_loss": tot / max(n, 1),
                                  "lr": opt.param_groups[0]["lr"],
                                  "seconds": time.perf_counter() - t0}
+        if stop_after is not None:
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}")
+            continue
         if select == "aux":
             val = _valid_aux_loss(model, data.valid, cfg)
             rec["valid_aux"] = val
@@ -380,12 +388,15 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
         if cfg.patience and bad >= cfg.patience:
             break
     bar.close()
+    if stop_after is not None:
+        return epoch, epoch, history
     model.load_state_dict(best_state)
     return best_epoch, epoch, history
 
 
 def train(model: FusionModel, data: DatasetSplits, config: Optional[TrainConfig] = None, *,
-          augment: Optional[Augment] = None, seed: Optional[int] = None) -> TrainResult:
+          augment: Optional[Augment] = None, seed: Optional[int] = None,
+          stop_after: Optional[int] = None, stage1_stop_after: Optional[int] = None) -> TrainResult:
     """Train ``model`` on ``data.train``, select on ``data.valid``, report valid + test metrics.
 
     ``augment(inputs, labels, generator) -> inputs`` (or ``(inputs, labels)``) is applied to every
@@ -393,6 +404,8 @@ def train(model: FusionModel, data: DatasetSplits, config: Optional[TrainConfig]
     vision inputs).
     Pass ``seed`` (default ``config.seed``); the model should already have been built after
     :func:`seed_everything` with the same seed (:func:`train_model` does both).
+    ``stop_after`` / ``stage1_stop_after``: no selection; stop after that epoch of (stage 2 / stage 1)
+    and keep the final weights (:func:`refit_model`).
     """
     cfg = config or TrainConfig.for_model(model.name)
     seed = cfg.seed if seed is None else seed
@@ -409,11 +422,11 @@ def train(model: FusionModel, data: DatasetSplits, config: Optional[TrainConfig]
     if has_stages and cfg.stage1_epochs > 0:
         model.set_stage(1)
         _, _, h1 = _run_stage(model, data, cfg, cfg.stage1_epochs, cfg.stage1_lr or cfg.lr, rng, gen,
-                              augment, "aux", f"{model.name} s{seed} stage 1")
+                              augment, "aux", f"{model.name} s{seed} stage 1", stop_after=stage1_stop_after)
         history += [{**h, "stage": 1} for h in h1]
         model.set_stage(2)
     best_epoch, epochs_run, h2 = _run_stage(model, data, cfg, cfg.epochs, cfg.lr, rng, gen, augment,
-                                            cfg.select_metric, f"{model.name} s{seed}")
+                                            cfg.select_metric, f"{model.name} s{seed}", stop_after=stop_after)
     history += [{**h, "stage": 2 if has_stages and cfg.stage1_epochs > 0 else 0} for h in h2]
     model.eval()
     kind = metrics_name(data)
@@ -434,6 +447,27 @@ def train_model(name: str, data: DatasetSplits, config: Optional[TrainConfig] = 
     model = build_fn() if build_fn is not None else registry.build_from_config(
         name, data.dims, **(hparams or {}))
     return train(model, data, cfg, augment=augment, seed=seed)
+
+
+def refit_model(name: str, data: DatasetSplits, selected: TrainResult,
+                hparams: Optional[dict[str, Any]] = None) -> TrainResult:
+    """Retrain ``name`` on train + valid for the epochs ``selected`` (a run early-stopped on valid)
+    chose, with the same seed and configuration, then evaluate the test split once.
+
+    Nothing is selected here: the LR schedule spans the configured epochs, training stops after
+    ``selected.best_epoch`` (KuDA: stage 1 after its own best stage-1 epoch) and keeps those weights.
+    The returned ``valid`` metrics are in-sample (valid was trained on); report the selected run's."""
+    from .data import concat_splits
+
+    cfg, seed = selected.config, selected.seed
+    full = dataclasses.replace(data, train=concat_splits(data.train, data.valid))
+    stop1 = None
+    if cfg.stage1_epochs > 0:
+        s1 = [h for h in selected.history if h.get("stage") == 1 and "valid_aux" in h]
+        stop1 = int(min(s1, key=lambda h: h["valid_aux"])["epoch"]) if s1 else cfg.stage1_epochs
+    seed_everything(seed)
+    model = registry.build_from_config(name, data.dims, **(hparams or {}))
+    return train(model, full, cfg, seed=seed, stop_after=max(1, selected.best_epoch), stage1_stop_after=stop1)
 
 
 def train_seeds(name: str, data: DatasetSplits, config: Optional[TrainConfig] = None,

@@ -108,6 +108,21 @@ def test_seed_ensemble_row_averages_its_members(tmp_path: Path) -> None:
     assert "lmf_ens2" in (tmp_path / "accuracy.md").read_text()
 
 
+@needs_data
+def test_refit_row_scores_models_retrained_on_train_and_valid(tmp_path: Path) -> None:
+    rc = accuracy.main(["--quick", "--subsample", "90", "--suites", "mosi_utterance", "--models", "lmf",
+                        "--contexts", "0", "--refit", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    assert set(data["mosi_utterance"]) == {"lmf_refit"}
+    mm = data["meta"]["mosi_utterance"]["models"]["lmf_refit"]
+    (selected,), (refit,) = mm["per_seed"], mm["refit"]["per_seed"]
+    assert refit["epochs"] == selected["best_epoch"] and "train + valid" in mm["refit"]["rule"]
+    assert data["mosi_utterance"]["lmf_refit"]["mae"] == pytest.approx(refit["test"]["mae"], abs=1e-5)
+    assert refit["test"] != selected["test"]
+    assert mm["valid"]["mae"] == pytest.approx(selected["valid"]["mae"], abs=1e-5)  # the selection's valid
+
+
 def test_zoo_ensemble_members_rule() -> None:
     rec = {"lmf": {"valid": {"mae": 0.6}, "context": 8}, "tfn": {"valid": {"mae": 0.62}, "context": 0},
            "msfn": {"valid": {"mae": 0.64}, "context": 0}, "lmf_ens5": {"valid": {"mae": 0.5}, "context": 8},

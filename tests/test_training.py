@@ -84,6 +84,39 @@ def test_early_stopping_restores_best_validation_epoch():
     assert res.epochs_run <= 30
 
 
+def test_concat_splits_keeps_rows_in_order():
+    dims = ModalityDims(6, 3, 4)
+    a, b = _synthetic_split(5, dims, 0), _synthetic_split(3, dims, 1)
+    c = data.concat_splits(a, b)
+    assert len(c) == 8 and list(c.ids) == list(a.ids) + list(b.ids)
+    np.testing.assert_array_equal(c.labels, np.r_[a.labels, b.labels])
+    for m in ("text", "audio", "vision"):
+        for i in range(8):
+            src, j = (a, i) if i < 5 else (b, i - 5)
+            np.testing.assert_array_equal(c.store(m).get(i), src.store(m).get(j))
+    with pytest.raises(ValueError, match="widths"):
+        data.concat_splits(a, _synthetic_split(2, ModalityDims(5, 3, 4), 2))
+
+
+def test_refit_replays_the_selected_run_on_train_plus_valid():
+    """A refit on (train[:20] + train[20:]) is the selected run on train, stopped at its epoch."""
+    ds = _synthetic(32)
+    ds.valid = _synthetic_split(12, ds.dims, 7)
+    sel = training.train_model("almt", ds, _cfg(epochs=12, patience=3, lr=2e-2), seed=5, hparams=TINY_ALMT)
+    assert 1 <= sel.best_epoch < 12
+    n = len(ds.train)
+    split = data.DatasetSplits(ds.train.subset(np.arange(20)), ds.train.subset(np.arange(20, n)), ds.test)
+    again = training.refit_model("almt", split, sel, hparams=TINY_ALMT)
+    assert again.epochs_run == sel.best_epoch and len(again.history) == sel.best_epoch
+    for (k, x), (_, y) in zip(sel.model.state_dict().items(), again.model.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
+    assert again.test["mae"] == pytest.approx(sel.test["mae"], rel=1e-5)
+    # with real validation rows the refit sees more data: another model, and no selection on valid
+    refit = training.refit_model("almt", ds, sel, hparams=TINY_ALMT)
+    assert refit.test["mae"] != pytest.approx(sel.test["mae"], rel=1e-6)
+    assert all(not k.startswith("valid_") for h in refit.history for k in h)
+
+
 def test_two_stage_model_runs_both_stages():
     ds = _synthetic(24)
     hp = dict(enc_dim=16, enc_layers=1, enc_heads=2, adapter_layers=1, adapter_heads=2, hidden=16,
@@ -91,6 +124,11 @@ def test_two_stage_model_runs_both_stages():
     res = training.train_model("kuda", ds, _cfg(epochs=2, stage1_epochs=2), seed=0, hparams=hp)
     assert [h["stage"] for h in res.history] == [1, 1, 2, 2]
     assert res.model.stage == 2
+    # a refit replays both stages up to the epochs the selected run chose for each
+    stage1 = [h for h in res.history if h["stage"] == 1]
+    best1 = 1 + int(np.argmin([h["valid_aux"] for h in stage1]))
+    ref = training.refit_model("kuda", ds, res, hparams=hp)
+    assert [h["stage"] for h in ref.history] == [1] * best1 + [2] * res.best_epoch
 
 
 def test_modality_dropout_masks_whole_modalities():
