@@ -189,9 +189,13 @@ def crossfit_folds(groups: Sequence[str], folds: int, seed: int = 0) -> dict[str
 
 
 def crossfit_dir(cache_dir: Optional[Path], key: str) -> Path:
+    """Where the cross-fit fold encoders live. They are outputs train-live needs, not a cache that
+    may be skipped, so ``"none"`` (no caching, as :func:`~sentistream.models.data.encode_texts`
+    reads it) means the default cache folder here rather than a folder named ``none``."""
     from sentistream.models import data as data_mod
 
-    return (Path(cache_dir).expanduser() if cache_dir else data_mod.default_cache_dir()) / "text_finetune" / key
+    use_default = not cache_dir or str(cache_dir).strip().lower() == "none"
+    return (data_mod.default_cache_dir() if use_default else Path(cache_dir).expanduser()) / "text_finetune" / key
 
 
 def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optional[TextFinetuneConfig] = None,

@@ -205,6 +205,15 @@ def test_crossfit_folds_split_by_video_deterministically():
     assert set(folds) == set(vids) and sorted(list(folds.values()).count(k) for k in (0, 1)) == [3, 4]
 
 
+def test_crossfit_dir_never_names_a_folder_none(tmp_path):
+    from sentistream.models import data as data_mod
+    from sentistream.models.text_finetune import crossfit_dir
+
+    default = data_mod.default_cache_dir() / "text_finetune" / "k"
+    assert crossfit_dir(None, "k") == default and crossfit_dir("none", "k") == default
+    assert crossfit_dir(tmp_path, "k") == tmp_path / "text_finetune" / "k"
+
+
 def test_out_of_fold_encoding_uses_the_encoder_that_never_saw_the_video(finetuned, tmp_path):
     import shutil
 
