@@ -224,15 +224,11 @@ def with_asr_copies(train: data_mod.SplitData, hyps: Sequence[str], encoder, ide
         store, pooled, _ = data_mod.encode_texts(list(hyps), encoder, identity, cache_dir, None, progress,
                                                  tag="live_asr_tokens")
     n = len(train)
-    cat = lambda a, b: data_mod.SequenceStore(  # noqa: E731
-        np.concatenate([a.flat, b.flat]), np.concatenate([a.offsets, a.offsets[-1] + b.offsets[1:]]), a.dim)
-    opt = lambda a, b: None if a is None else np.concatenate([np.asarray(a), np.asarray(b)])  # noqa: E731
-    return data_mod.SplitData(
-        cat(train.text, store), cat(train.audio, data_mod.SequenceStore.empty(n, train.audio.dim)),
-        cat(train.vision, data_mod.SequenceStore.empty(n, train.vision.dim)),
-        np.concatenate([train.labels, train.labels]), np.concatenate([train.ids, [f"{i}#asr" for i in train.ids]]),
-        opt(train.video_ids, train.video_ids), opt(train.raw_text, np.asarray(hyps)),
-        pooled=opt(train.pooled, pooled) if train.pooled is not None else None)
+    copies = data_mod.SplitData(
+        store, data_mod.SequenceStore.empty(n, train.audio.dim), data_mod.SequenceStore.empty(n, train.vision.dim),
+        train.labels, np.array([f"{i}#asr" for i in train.ids]), train.video_ids, np.asarray(hyps),
+        pooled=pooled if train.pooled is not None else None)
+    return data_mod.concat_splits(train, copies)
 
 
 def load_fold_encoders(crossfit: dict[str, Any], cache_dir: Optional[Path]) -> list[tuple[Any, dict[str, Any]]]:
