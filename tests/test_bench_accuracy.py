@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sentistream.bench import accuracy
+from sentistream.bench import accuracy, accuracy_common, accuracy_utterance
 
 NPZ = accuracy.DEFAULT_NPZ
 CSV = accuracy.DEFAULT_CSV
@@ -36,14 +36,14 @@ def test_quick_mode_structure(tmp_path: Path) -> None:
     for suite in suites:
         assert suite in data and suite in data["meta"]
     # suite -> model -> metric (+ _std), accuracies as fractions
-    expected = {"mosi_utterance": set(accuracy.QUICK_MODELS["mosi_utterance"]),
-                "mosi_text": set(accuracy.QUICK_MODELS["mosi_text"])}
+    expected = {"mosi_utterance": set(accuracy_common.QUICK_MODELS["mosi_utterance"]),
+                "mosi_text": set(accuracy_common.QUICK_MODELS["mosi_text"])}
     for suite, models in expected.items():
         if suite not in suites:
             continue
         assert set(data[suite]) == models
         for name, row in data[suite].items():
-            for k in accuracy.METRICS:
+            for k in accuracy_common.METRICS:
                 assert k in row and k + "_std" in row, (suite, name, k)
                 assert isinstance(row[k], float)
             for k in ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5"):
@@ -69,7 +69,7 @@ def test_quick_mode_structure(tmp_path: Path) -> None:
 
 @needs_data
 def test_context_is_causal_and_flagged() -> None:
-    ds, causal = accuracy.load_utterance_data(NPZ, 3, None)
+    ds, causal = accuracy_utterance.load_utterance_data(NPZ, 3, None)
     assert causal["violations"] == 0 and causal["sequences_checked"] == 2199
     st = ds.train.text
     assert st.dim == 101
@@ -81,9 +81,9 @@ def test_context_is_causal_and_flagged() -> None:
 
 
 def test_merge_keeps_other_entries(tmp_path: Path) -> None:
-    row = {k: 0.5 for k in accuracy.METRICS} | {k + "_std": 0.0 for k in accuracy.METRICS}
-    accuracy.merge_results(tmp_path, "mosi_text", {"a": row}, {"data": "x"}, {"a": {"command": "c1"}})
-    accuracy.merge_results(tmp_path, "mosi_text", {"b": row}, {"data": "x"}, {"b": {"command": "c2"}})
+    row = {k: 0.5 for k in accuracy_common.METRICS} | {k + "_std": 0.0 for k in accuracy_common.METRICS}
+    accuracy_common.merge_results(tmp_path, "mosi_text", {"a": row}, {"data": "x"}, {"a": {"command": "c1"}})
+    accuracy_common.merge_results(tmp_path, "mosi_text", {"b": row}, {"data": "x"}, {"b": {"command": "c2"}})
     data = json.loads((tmp_path / "accuracy.json").read_text())
     assert set(data["mosi_text"]) == {"a", "b"}
     assert set(data["meta"]["mosi_text"]["models"]) == {"a", "b"}
@@ -127,11 +127,11 @@ def test_zoo_ensemble_members_rule() -> None:
     rec = {"lmf": {"valid": {"mae": 0.6}, "context": 8}, "tfn": {"valid": {"mae": 0.62}, "context": 0},
            "msfn": {"valid": {"mae": 0.64}, "context": 0}, "lmf_ens5": {"valid": {"mae": 0.5}, "context": 8},
            "almt": {"valid": {"mae": 0.7}, "context": 0}}
-    members, rule = accuracy.zoo_ensemble_members("top3", rec)
+    members, rule = accuracy_utterance.zoo_ensemble_members("top3", rec)
     assert members == ["lmf", "tfn", "msfn"] and "lowest recorded mean valid MAE" in rule  # ensembles are no member
-    assert accuracy.zoo_ensemble_members("almt,lmf", rec)[0] == ["almt", "lmf"]
+    assert accuracy_utterance.zoo_ensemble_members("almt,lmf", rec)[0] == ["almt", "lmf"]
     with pytest.raises(SystemExit, match="missing"):
-        accuracy.zoo_ensemble_members("lmf,kuda", rec)
+        accuracy_utterance.zoo_ensemble_members("lmf,kuda", rec)
 
 
 @needs_data

@@ -1,0 +1,237 @@
+"""`bench accuracy` suite mosi_spoken: std-test transcripts spoken by espeak-ng, through the real ASR
+and text stages into the shipped live model, with WER (see bench/accuracy.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sentistream.bench.accuracy_common import METRICS, SPOKEN_ROWS, merge_results, run_stamp, say, utc_now
+
+# --------------------------------------------------------------------------- mosi_spoken
+def _spoken_cache_key(ids: Sequence[str], asr: str) -> str:
+    from sentistream.perception.asr import AsrOptions
+
+    opts = {k: str(v) for k, v in vars(AsrOptions()).items() if k != "cpu_threads"}
+    h = hashlib.sha1(json.dumps([list(ids), asr, "espeak-ng en-us 150", "v2", opts]).encode())
+    return h.hexdigest()[:12]
+
+
+def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cache: bool = True
+                      ) -> dict[str, Any]:
+    """espeak-ng -> ASR for the std-test utterances (first ``n``; all when None); audio features of
+    each spoken utterance. Cached in the sentistream cache dir (audio features + hypotheses)."""
+    from sentistream.bench.perception import (
+        Utterance,
+        bench_asr_streaming_fast,
+        speak_espeak,
+    )
+    from sentistream.models import data as data_mod
+
+    cols = data_mod.read_mosi_transcripts(csv)
+    rows = np.where(cols["std_split"] == "test")[0]
+    rows = np.array([r for r in rows if str(cols["text"][r]).strip()])
+    if n:
+        rows = rows[:n]
+    ids = [str(cols["id"][r]) for r in rows]
+    key = _spoken_cache_key(ids, asr_mode)
+    cpath = data_mod.default_cache_dir() / f"spoken_mosi_{key}.npz"
+    if cache and cpath.is_file():
+        z = np.load(cpath, allow_pickle=False)
+        hyps = [str(h) for h in z["hyps"]]
+        feats = np.split(z["feats"], z["off"][1:-1])
+        say(f"mosi_spoken: {len(ids)} utterances from cache {cpath.name}")
+        return {"ids": ids, "refs": [str(cols["text"][r]) for r in rows], "labels": cols["label"][rows],
+                "hyps": hyps, "audio_feats": feats, "audio_s": z["audio_s"].tolist(),
+                "asr_seconds": float(z["asr_seconds"]), "cached": str(cpath)}
+    from sentistream.perception.asr import (
+        AsrOptions,
+        load_whisper,
+        transcribe_file_batch,
+    )
+    from sentistream.perception.audio_features import AudioFeatureExtractor
+
+    say(f"mosi_spoken: speaking {len(rows)} std-test utterances with espeak-ng ...")
+    utts = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in rows:
+            utts.append(Utterance(str(cols["id"][r]), str(cols["text"][r]), speak_espeak(str(cols["text"][r]),
+                                                                                        Path(tmp))))
+    opts = AsrOptions(cpu_threads=max(1, threads))
+    model = load_whisper(opts)
+    say(f"mosi_spoken: ASR ({asr_mode}) over {sum(u.audio.size for u in utts) / 16000:.0f} s of speech ...")
+    t0 = time.perf_counter()
+    if asr_mode == "streaming":
+        hyps = bench_asr_streaming_fast(utts, model)
+    else:
+        hyps = []
+        for i, u in enumerate(utts):
+            hyps.append(" ".join(w.text for w in transcribe_file_batch(u.audio, opts, model=model)))
+            if (i + 1) % 50 == 0:
+                say(f"  ASR {i + 1}/{len(utts)}")
+    asr_seconds = time.perf_counter() - t0
+    ext = AudioFeatureExtractor()
+    feats = []
+    for u in utts:
+        ext.reset()
+        f = ext.process(u.audio, 0.0).features
+        g = ext.flush().features
+        feats.append(np.concatenate([f, g]).astype(np.float32) if len(g) else f.astype(np.float32))
+    audio_s = [u.audio.size / 16000 for u in utts]
+    if cache:
+        cpath.parent.mkdir(parents=True, exist_ok=True)
+        off = np.concatenate([[0], np.cumsum([len(f) for f in feats])])
+        np.savez(cpath.with_suffix(".tmp.npz"), hyps=np.array(hyps), feats=np.concatenate(feats), off=off,
+                 audio_s=np.array(audio_s), asr_seconds=np.array(asr_seconds))
+        os.replace(cpath.with_suffix(".tmp.npz"), cpath)
+    return {"ids": ids, "refs": [u.text for u in utts], "labels": cols["label"][rows], "hyps": hyps,
+            "audio_feats": feats, "audio_s": audio_s, "asr_seconds": asr_seconds, "cached": ""}
+
+
+def load_live(checkpoint: Path, threads: int):
+    """The engine's :class:`LiveModel` on ``checkpoint`` (eager, local), loaded once."""
+    import torch
+    from sentistream.engine.config import FusionConfig
+    from sentistream.models.live import LiveModel
+    from sentistream.perception.audio_features import feature_dim
+    from sentistream.perception.face import FACE_FEATURE_DIM
+    from sentistream.perception.text import TextEncoder, TextEncoderOptions
+
+    torch.set_num_threads(threads)
+    cfg = FusionConfig(checkpoint=str(checkpoint), backend="eager", threads=threads)
+    return LiveModel(cfg, TextEncoder(TextEncoderOptions(cache_size=0)), vision_dim=FACE_FEATURE_DIM,
+                     audio_dim=feature_dim(), local_only=True)
+
+
+def live_scores(live, texts: Sequence[str], audio: Sequence[np.ndarray] | None) -> np.ndarray:
+    """Scores of the live model exactly as the engine computes them for one window per utterance
+    (``LiveModel.inputs_for``: text tokens, audio frames binned + normalised; vision absent)."""
+    import torch
+    from sentistream.engine.windowing import Window, WordSpan
+
+    out = np.zeros(len(texts), np.float32)
+    with torch.inference_mode():
+        for i, t in enumerate(texts):
+            a = audio[i] if audio is not None else np.zeros((0, live.dims.audio), np.float32)
+            w = Window(0.0, 1.0, np.zeros((0, live.dims.vision), np.float32), np.zeros(0, bool),
+                       np.asarray(a, np.float32),
+                       context=[WordSpan(x, 0.0, 0.0) for x in str(t).split()])
+            inputs, _ = live.inputs_for(w)
+            score = float(torch.clamp(live.model(inputs).score.reshape(-1)[0], -3.0, 3.0))
+            out[i] = score if np.isfinite(score) else 0.0
+    return out
+
+
+def _plain_words(text: str) -> list[str]:
+    """Lower case, apostrophes dropped (the MOSI reference transcripts carry none: THERES, YOURE),
+    other punctuation -> space, digits 0-10 as words."""
+    import re
+
+    from sentistream.bench.perception import NUMBER_WORDS
+
+    t = text.lower().replace("’", "'").replace("'", "")
+    return [NUMBER_WORDS.get(w, w) for w in re.sub(r"[^a-z0-9 ]+", " ", t).split()]
+
+
+def plain_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    from sentistream.bench.perception import edit_distance
+
+    errors = sum(edit_distance(_plain_words(r), _plain_words(h)) for r, h in zip(refs, hyps))
+    return errors / max(1, sum(len(_plain_words(r)) for r in refs))
+
+
+def _finetune_note(ck: dict[str, Any]) -> str:
+    ft = ck["meta"].get("text_finetune")
+    return f" with the checkpoint's fine-tuned layers ({ft['file']}, sha256 {ft['sha256'][:12]})" if ft else ""
+
+
+def suite_spoken(args, models: Sequence[str], command: str) -> None:
+    from sentistream.bench.perception import wer
+    from sentistream.models.metrics import regression_metrics
+
+    ckpt = Path(args.checkpoint)
+    base_meta = {"machine": run_stamp(command, args.quick), "date": utc_now(), "checkpoint": str(ckpt),
+                 "command": command}
+    if not ckpt.is_file():
+        say(f"mosi_spoken: skipped: no shipped model ({ckpt} does not exist)")
+        merge_results(Path(args.out), "mosi_spoken", {},
+                      {**base_meta, "status": "skipped: no shipped model",
+                       "data": f"{ckpt.name} not found; run `sentistream train-live` first"}, {},
+                      fresh=args.fresh)
+        args.fresh = False
+        return
+    from sentistream.models.registry import read_checkpoint_metadata
+
+    ck = read_checkpoint_metadata(ckpt)
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    live = load_live(ckpt, args.threads)
+    n = args.spoken_utterances or (4 if args.quick else None)
+    sp = spoken_transcribe(Path(args.transcripts), n, args.asr, args.threads, cache=not args.quick)
+    labels = np.asarray(sp["labels"], np.float32)
+    refs, hyps = sp["refs"], sp["hyps"]
+    w_norm = wer(refs, hyps)
+    w_plain = plain_wer(refs, hyps)
+    rows: dict[str, dict[str, float]] = {}
+    model_meta: dict[str, dict[str, Any]] = {}
+    plain = [" ".join(_plain_words(h)).upper() for h in hyps]
+    inputs = {"live_ref_text": (refs, None), "live_asr_text": (hyps, None),
+              "live_asr_text_audio": (hyps, sp["audio_feats"]), "live_asr_plain_text": (plain, None)}
+    for name in models:
+        if name not in inputs:
+            raise SystemExit(f"mosi_spoken: unknown row {name!r} ({', '.join(SPOKEN_ROWS)})")
+        texts, audio = inputs[name]
+        t0 = time.perf_counter()
+        pred = live_scores(live, texts, audio)
+        m = regression_metrics("mosi", pred, labels)
+        row = {k: float(m[k]) for k in METRICS}
+        row.update({k + "_std": 0.0 for k in METRICS})
+        if name != "live_ref_text":
+            row["wer"] = float(w_plain)
+        rows[name] = row
+        say(f"mosi_spoken {name}: acc2_non0 {row['acc2_non0']:.4f} mae {row['mae']:.4f}")
+        model_meta[name] = {"command": command, "date": utc_now(), "seeds": None,
+                            "input": {"live_ref_text": "reference transcript, audio/vision absent",
+                                      "live_asr_text": "ASR transcript, audio/vision absent",
+                                      "live_asr_text_audio": "ASR transcript + audio features of the "
+                                                             "spoken utterance, vision absent",
+                                      "live_asr_plain_text": "diagnostic: ASR transcript written like the "
+                                                             "MOSI transcripts (upper case, no punctuation "
+                                                             "or apostrophes, 0-10 as words), audio/vision "
+                                                             "absent; the engine does not do this"}[name],
+                            "seconds": round(time.perf_counter() - t0, 1)}
+    suite_meta = {
+        **base_meta, "status": "ok",
+        "data": (f"{len(refs)} std-test utterances of {Path(args.transcripts).name} spoken by espeak-ng "
+                 f"(en-us, 150 wpm, 16 kHz), ASR {args.asr} (faster-whisper tiny.en via perception.asr), "
+                 f"engine TextEncoder{_finetune_note(ck)}, shipped model {ckpt.name} ({ck['model']}, dims "
+                 f"{ck['dims'].as_dict()}); one window per utterance (whole transcript + whole audio)"),
+        "utterances": len(refs), "asr": args.asr, "wer": float(w_plain), "wer_normalise": float(w_norm),
+        "wer_note": "wer: lower case, apostrophes and punctuation dropped on both sides (the MOSI "
+                    "reference transcripts have no apostrophes), 0-10 as words; wer_normalise: the "
+                    "perception bench's normalise() (contractions expanded: penalises THERES vs there's)",
+        "asr_seconds": round(float(sp["asr_seconds"]), 1), "audio_seconds": round(float(np.sum(sp["audio_s"])), 1),
+        "cache": sp["cached"], "checkpoint_meta_model": ck["model"], "checkpoint_sha256": sha,
+        "checkpoint_created": ck["meta"].get("created"), "checkpoint_command": ck["meta"].get("command"),
+        "checkpoint_test": ck["meta"].get("metrics", {}).get("test"),
+        "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps))[:5]],
+        "notes": ["Single deterministic pass (no seeds): *_std are 0.",
+                  "Scores are clipped to [-3, 3] as the live engine does.",
+                  ("Compare live_ref_text (same model, same utterances, reference transcript) and "
+                  "meta.mosi_text for the goal (within 3 points of mosi_text on acc2_non0).")],
+    }
+    if hashlib.sha256(ckpt.read_bytes()).hexdigest() != sha:
+        raise RuntimeError(f"{ckpt} changed while the suite ran; run it again")
+    if "live_ref_text" in rows and "live_asr_text" in rows:
+        gap = rows["live_ref_text"]["acc2_non0"] - rows["live_asr_text"]["acc2_non0"]
+        suite_meta["goal_status"] = (f"acc2_non0 gap reference-text minus ASR-text = {100 * gap:.1f} points: "
+                                     f"goal {'met' if gap <= 0.03 else 'NOT met'}.")
+    merge_results(Path(args.out), "mosi_spoken", rows, suite_meta, model_meta, fresh=args.fresh)
+    args.fresh = False
