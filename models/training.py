@@ -456,7 +456,8 @@ def refit_model(name: str, data: DatasetSplits, selected: TrainResult,
 
     Nothing is selected here: the LR schedule spans the configured epochs, training stops after
     ``selected.best_epoch`` (KuDA: stage 1 after its own best stage-1 epoch) and keeps those weights.
-    The returned ``valid`` metrics are in-sample (valid was trained on); report the selected run's."""
+    The returned ``valid`` metrics are in-sample (valid was trained on); report the selected run's.
+    A ``plateau`` schedule keeps its LR here (it steps on the validation criterion)."""
     from .data import concat_splits
 
     cfg, seed = selected.config, selected.seed
