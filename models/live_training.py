@@ -6,7 +6,8 @@ What each branch learns from (also in ``models/MODEL_CARD.md``):
   its top layers fine-tuned first by ``sentistream train-text`` when ``live_text_encoder.safetensors``
   exists, frozen otherwise): the CMU-MOSI transcripts and their continuous sentiment labels, standard
   CMU-SDK folds, plus Whisper's transcripts of them spoken by espeak-ng; trained on ``train``, model
-  selection / early stopping on ``valid``; ``test`` reported once.
+  selection / early stopping on ``valid``, then (default) retrained on ``train`` + ``valid`` for the
+  chosen epochs; ``test`` reported once.
 * **Audio** (``perception.audio_features`` frames, 59-d) and **vision** (``perception.face`` frames,
   53-d): we have no MOSI audio or video, so these branches never see a sentiment-bearing signal.
   During training each sample is given, with probability ``1 - dropout``, a *label-independent*
@@ -556,14 +557,25 @@ def ridge_floor(splits: data_mod.DatasetSplits) -> dict[str, Any]:
             "test": training.regression_metrics("mosi", r.predict(splits.test.pooled), splits.test.labels)}
 
 
+REFIT_RULE = ("the epoch count is chosen by early stopping on std-valid; the shipped weights are then "
+              "retrained, same seed and configuration, on train + valid (+ their ASR copies) for that many "
+              "epochs of the same LR schedule; valid figures are the selected run's (the shipped model "
+              "trained on valid), test figures the shipped model's")
+
+
 # --------------------------------------------------------------------------- main entry
 def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Optional[Path] = DEFAULT_CARD,
                seed: int = 0, hparams: Optional[dict] = None, train_overrides: Optional[dict] = None,
                cache_dir: Optional[Path] = None, n_audio: int = 160, progress: bool = True,
                command: str = "", threads: Optional[int] = None, asr_augment: bool = True,
-               text_finetune: Optional[Path] = None) -> dict[str, Any]:
+               text_finetune: Optional[Path] = None, refit: bool = True) -> dict[str, Any]:
     """Train the live ALMT on the engine's own features; ``text_finetune`` (a ``train-text`` file)
-    is applied to the text encoder first, recorded in the checkpoint and copied beside it."""
+    is applied to the text encoder first, recorded in the checkpoint and copied beside it.
+
+    ``refit``: once the epoch is chosen on std-valid, the shipped weights are a retrain on train +
+    valid (+ their ASR copies) for that many epochs (``training.refit_model``), so the 229 valid
+    utterances teach the model too. The valid rows are encoded by the final text encoder, which
+    never trained on them, as the out-of-fold train rows are by theirs."""
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -607,7 +619,19 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
     result = training.train_model(LIVE_MODEL, splits, cfg, seed=seed, hparams=hp,
                                   augment=AVAugment(pool, dims, batch_prob=AV_BATCH_PROB,
                                                     empty_text_prob=EMPTY_TEXT_PROB))
-    model = result.model.eval()
+    shipped, refit_info = result, {"enabled": False}
+    if refit:
+        valid_rows = splits.valid
+        if asr_augment:  # valid's ASR copies: the ones train-text selected on (seed + 1)
+            va_hyps, _ = asr_transcripts(list(splits.valid.raw_text), cache_dir, seed + 1)
+            valid_rows = with_asr_copies(splits.valid, va_hyps, encoder, ident, cache_dir, progress)
+        both = data_mod.DatasetSplits(splits.train, valid_rows, splits.test, splits.name, splits.kind, splits.info)
+        shipped = training.refit_model(LIVE_MODEL, both, result, hparams=hp,
+                                       augment=AVAugment(pool, dims, batch_prob=AV_BATCH_PROB,
+                                                         empty_text_prob=EMPTY_TEXT_PROB))
+        refit_info = {"enabled": True, "epochs": shipped.epochs_run, "rows": len(splits.train) + len(valid_rows),
+                      "rule": REFIT_RULE, "selected_run_test": result.test}
+    model = shipped.model.eval()
     robust = av_robustness(model, splits, pool)
     speed = time_forward(model, dims)
     floor = ridge_floor(reference_splits)  # a pooled-embedding + ridge baseline on the reference texts
@@ -631,12 +655,13 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
                  "empty_text": f"{EMPTY_TEXT_PROB:.0%} of training samples without text, target 0",
                  "asr_copies": asr_info},
         "live_inputs": {"max_audio_frames": AUDIO_MAX_FRAMES, "max_video_frames": VISION_MAX_FRAMES},
-        "metrics": {"valid": result.valid, "test": result.test},
+        "metrics": {"valid": result.valid, "test": shipped.test},
+        "refit": refit_info,
         "av_robustness": robust,
         "latency": speed,
         "ridge_floor": floor,
         "command": command,
-        "train_seconds": round(result.seconds, 1),
+        "train_seconds": round(result.seconds + (shipped.seconds if refit else 0.0), 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(out)
@@ -719,6 +744,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--text-finetune", default="default", metavar="PATH",
                    help="the text encoder's fine-tuned layers (`sentistream train-text`); 'default' = "
                         f"{DEFAULT_TEXT_FINETUNE.name} when it exists, 'none' = the plain encoder")
+    p.add_argument("--no-refit", action="store_true",
+                   help="ship the run selected on valid instead of its retrain on train + valid")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the checkpoint meta as JSON")
     p.add_argument("--card-from", type=Path, default=None, metavar="CKPT",
@@ -740,7 +767,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     meta = train_live(a.data, a.out, Path(a.card) if a.card else None, a.seed,
                       json.loads(a.hparams) if a.hparams else None, overrides, a.cache_dir, a.n_audio,
                       not a.no_progress, command.strip(), a.threads, not a.no_asr_augment,
-                      _text_finetune_arg(a.text_finetune))
+                      _text_finetune_arg(a.text_finetune), refit=not a.no_refit)
     if a.json:
         print(json.dumps(meta, indent=2, default=str))
     else:

@@ -73,13 +73,25 @@ def _ft_rows_text(meta: dict[str, Any]) -> str:
             "epoch, its test figures were computed once afterwards. ")
 
 
+def _refit_text(meta: dict[str, Any]) -> str:
+    r = meta.get("refit") or {}
+    if not r.get("enabled"):
+        return ""
+    return (f" The shipped weights are that run retrained, same seed and configuration, on train + valid "
+            f"({r['rows']} rows with their ASR copies) for its {r['epochs']} epochs: the valid row is the "
+            f"selected run's (the shipped model has trained on valid), the test row the shipped model's. "
+            f"The selected run itself scored {100 * r['selected_run_test']['acc2_non0']:.1f} % Acc2 non0 / MAE "
+            f"{r['selected_run_test']['mae']:.3f} on test (`--no-refit` ships it).")
+
+
 def write_model_card(path: Path, meta: dict[str, Any], ckpt: Path) -> None:
     m, r, f, lat = meta["metrics"], meta["av_robustness"], meta["ridge_floor"], meta["latency"]
     enc_name = "MiniLM (fine-tuned layers)" if meta.get("text_finetune") else "MiniLM"
     hp = meta["hparams"]
     checks = "; ".join(f"\"{k}\" -> {v['score']:+.2f} ({v['label']})"
                        for k, v in meta.get("live_check", {}).items() if isinstance(v, dict))
-    rows = [f"| ALMT (this checkpoint), valid | {_fmt(m['valid'])} |",
+    refit = meta.get("refit") or {}
+    rows = [f"| ALMT ({'the run selected on valid' if refit.get('enabled') else 'this checkpoint'}), valid | {_fmt(m['valid'])} |",
             f"| ALMT (this checkpoint), **test** | {_fmt(m['test'])} |",
             f"| {enc_name} mean-pooled + ridge (alpha {f['alpha']} chosen on valid), valid | {_fmt(f['valid'])} |",
             f"| {enc_name} mean-pooled + ridge, test | {_fmt(f['test'])} |"]
@@ -116,7 +128,7 @@ Registry model **`{meta['model']}`** (ALMT, Zhang et al., EMNLP 2023), loaded by
 
 | Branch | Input at serve time | Training signal |
 |---|---|---|
-| Text | {_text_encoder_text(meta)} token embeddings of the window's words, from the engine's own `TextEncoder` (max 128 tokens) | **CMU-MOSI transcripts with their continuous sentiment labels** (std CMU-SDK folds: train {meta['data']['text'].split('train ')[1].split(' /')[0]} utterances; early stopping / selection on valid; test reported once). {meta['data']['empty_text']}: a window without words scores about 0 (neutral).{_asr_copies_text(meta)} |
+| Text | {_text_encoder_text(meta)} token embeddings of the window's words, from the engine's own `TextEncoder` (max 128 tokens) | **CMU-MOSI transcripts with their continuous sentiment labels** (std CMU-SDK folds: train {meta['data']['text'].split('train ')[1].split(' /')[0]} utterances; early stopping / selection on valid{'; then retrained on train + valid for the chosen epochs' if refit.get('enabled') else ''}; test reported once). {meta['data']['empty_text']}: a window without words scores about 0 (neutral).{_asr_copies_text(meta)} |
 | Audio | engine audio feature frames (log-mel, MFCC, energy, ZCR, F0, voicing, centroid, flux), standardised with the stats stored in the checkpoint | **No sentiment signal.** Label-independent sequences: {meta['data']['audio']}; plus Gaussian noise. Present in {100 * meta['data']['av_batch_prob'] * (1 - meta['train']['audio_dropout']):.0f} % of training samples, absent (all-False mask) otherwise. |
 | Vision | engine face-geometry frames (AU-like distances, gaze, head pose, their deltas) | **No sentiment signal.** Label-independent sequences: {meta['data']['vision']}, randomly perturbed; plus Gaussian noise. Present in {100 * meta['data']['av_batch_prob'] * (1 - meta['train']['vision_dropout']):.0f} % of training samples, absent otherwise. |
 
@@ -129,7 +141,7 @@ vision are ALMT's attention-write norms, not evidence that those modalities carr
 
 Accuracies and F1 in %, MAE and Corr on the [-3, 3] scale. Audio / vision absent (as in training
 evaluation). Seed {meta['seed']}, best epoch {meta['best_epoch']} of {meta['epochs_run']} run
-(selection by validation {meta['train']['select_metric']}).
+(selection by validation {meta['train']['select_metric']}).{_refit_text(meta)}
 
 | Model / split | Acc2 has0 | Acc2 non0 | F1 has0 | F1 non0 | Acc7 | Acc5 | MAE | Corr |
 |---|---|---|---|---|---|---|---|---|
@@ -145,7 +157,7 @@ std-valid as in `bench/results/live_lr_sweep.md`.
 
 ### Robustness to audio / vision (same checkpoint)
 
-Score shift = mean / max |score(with A/V) − score(without)|, and the share of samples whose sign flips.
+Score shift = mean / max |score(with A/V) − score(without)|, and the share of samples whose sign flips.{' The valid rows are in-sample for these weights (the refit trained on valid).' if refit.get('enabled') else ''}
 
 | Split | Audio / vision | Acc2 non0 | MAE | Score shift (mean / max / sign flips) |
 |---|---|---|---|---|

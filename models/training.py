@@ -450,7 +450,7 @@ def train_model(name: str, data: DatasetSplits, config: Optional[TrainConfig] = 
 
 
 def refit_model(name: str, data: DatasetSplits, selected: TrainResult,
-                hparams: Optional[dict[str, Any]] = None) -> TrainResult:
+                hparams: Optional[dict[str, Any]] = None, *, augment: Optional[Augment] = None) -> TrainResult:
     """Retrain ``name`` on train + valid for the epochs ``selected`` (a run early-stopped on valid)
     chose, with the same seed and configuration, then evaluate the test split once.
 
@@ -468,7 +468,8 @@ def refit_model(name: str, data: DatasetSplits, selected: TrainResult,
         stop1 = int(min(s1, key=lambda h: h["valid_aux"])["epoch"]) if s1 else cfg.stage1_epochs
     seed_everything(seed)
     model = registry.build_from_config(name, data.dims, **(hparams or {}))
-    return train(model, full, cfg, seed=seed, stop_after=max(1, selected.best_epoch), stage1_stop_after=stop1)
+    return train(model, full, cfg, augment=augment, seed=seed, stop_after=max(1, selected.best_epoch),
+                 stage1_stop_after=stop1)
 
 
 def train_seeds(name: str, data: DatasetSplits, config: Optional[TrainConfig] = None,

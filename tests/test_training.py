@@ -112,9 +112,16 @@ def test_refit_replays_the_selected_run_on_train_plus_valid():
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
     assert again.test["mae"] == pytest.approx(sel.test["mae"], rel=1e-5)
     # with real validation rows the refit sees more data: another model, and no selection on valid
-    refit = training.refit_model("almt", ds, sel, hparams=TINY_ALMT)
+    seen: list[int] = []
+
+    def count_rows(inputs, y, gen):  # the batch augment hook sees every train + valid row
+        seen.append(len(y))
+        return inputs
+
+    refit = training.refit_model("almt", ds, sel, hparams=TINY_ALMT, augment=count_rows)
     assert refit.test["mae"] != pytest.approx(sel.test["mae"], rel=1e-6)
     assert all(not k.startswith("valid_") for h in refit.history for k in h)
+    assert sum(seen) == sel.best_epoch * (len(ds.train) + len(ds.valid))
 
 
 def test_two_stage_model_runs_both_stages():
