@@ -156,6 +156,7 @@ def _finetune_note(ck: dict[str, Any]) -> str:
 def suite_spoken(args, models: Sequence[str], command: str) -> None:
     from sentistream.bench.perception import wer
     from sentistream.models.metrics import regression_metrics
+    from sentistream.perception.text import file_sha256
 
     ckpt = Path(args.checkpoint)
     base_meta = {"machine": run_stamp(command, args.quick), "date": utc_now(), "checkpoint": str(ckpt),
@@ -171,7 +172,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
     from sentistream.models.registry import read_checkpoint_metadata
 
     ck = read_checkpoint_metadata(ckpt)
-    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    sha = file_sha256(ckpt)
     live = load_live(ckpt, args.threads)
     n = args.spoken_utterances or (4 if args.quick else None)
     sp = spoken_transcribe(Path(args.transcripts), n, args.asr, args.threads, cache=not args.quick)
@@ -227,7 +228,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
                   ("Compare live_ref_text (same model, same utterances, reference transcript) and "
                   "meta.mosi_text for the goal (within 3 points of mosi_text on acc2_non0).")],
     }
-    if hashlib.sha256(ckpt.read_bytes()).hexdigest() != sha:
+    if file_sha256(ckpt) != sha:
         raise RuntimeError(f"{ckpt} changed while the suite ran; run it again")
     if "live_ref_text" in rows and "live_asr_text" in rows:
         gap = rows["live_ref_text"]["acc2_non0"] - rows["live_asr_text"]["acc2_non0"]

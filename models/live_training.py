@@ -616,9 +616,8 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
     hp = {**LIVE_HPARAMS, **(hparams or {})}
     cfg = training.TrainConfig.from_dict({**LIVE_TRAIN, **(train_overrides or {}),
                                           "seed": seed, "progress": progress})
-    result = training.train_model(LIVE_MODEL, splits, cfg, seed=seed, hparams=hp,
-                                  augment=AVAugment(pool, dims, batch_prob=AV_BATCH_PROB,
-                                                    empty_text_prob=EMPTY_TEXT_PROB))
+    augment = AVAugment(pool, dims, batch_prob=AV_BATCH_PROB, empty_text_prob=EMPTY_TEXT_PROB)  # stateless
+    result = training.train_model(LIVE_MODEL, splits, cfg, seed=seed, hparams=hp, augment=augment)
     shipped, refit_info = result, {"enabled": False}
     if refit:
         valid_rows = splits.valid
@@ -626,9 +625,7 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
             va_hyps, _ = asr_transcripts(list(splits.valid.raw_text), cache_dir, seed + 1)
             valid_rows = with_asr_copies(splits.valid, va_hyps, encoder, ident, cache_dir, progress)
         both = data_mod.DatasetSplits(splits.train, valid_rows, splits.test, splits.name, splits.kind, splits.info)
-        shipped = training.refit_model(LIVE_MODEL, both, result, hparams=hp,
-                                       augment=AVAugment(pool, dims, batch_prob=AV_BATCH_PROB,
-                                                         empty_text_prob=EMPTY_TEXT_PROB))
+        shipped = training.refit_model(LIVE_MODEL, both, result, hparams=hp, augment=augment)
         refit_info = {"enabled": True, "epochs": shipped.epochs_run, "rows": len(splits.train) + len(valid_rows),
                       "rule": REFIT_RULE, "selected_run_test": result.test}
     model = shipped.model.eval()

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from . import registry
 from .base import FusionInputs, FusionModel, task_loss
-from .data import DatasetSplits, SplitData
+from .data import DatasetSplits, SplitData, concat_splits
 from .metrics import regression_metrics
 
 log = logging.getLogger("sentistream.training")
@@ -458,8 +458,6 @@ def refit_model(name: str, data: DatasetSplits, selected: TrainResult,
     ``selected.best_epoch`` (KuDA: stage 1 after its own best stage-1 epoch) and keeps those weights.
     The returned ``valid`` metrics are in-sample (valid was trained on); report the selected run's.
     A ``plateau`` schedule keeps its LR here (it steps on the validation criterion)."""
-    from .data import concat_splits
-
     cfg, seed = selected.config, selected.seed
     full = dataclasses.replace(data, train=concat_splits(data.train, data.valid))
     stop1 = None
