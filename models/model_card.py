@@ -41,10 +41,12 @@ def _text_encoder_text(meta: dict[str, Any]) -> str:
         return "MiniLM (all-MiniLM-L6-v2, frozen)"
     layers = ", ".join(p.split(".")[2] for p in ft.get("trained") or [] if p.count(".") >= 2) or "all"
     cfg = ft.get("config") or {}
-    return (f"MiniLM (all-MiniLM-L6-v2) with layers {layers} fine-tuned on the same train transcripts and their "
-            f"ASR copies (`{ft['file']}`, {ft['bytes'] / 1e6:.1f} MB float16, sha256 {ft['sha256'][:12]}; "
+    asr = (ft.get("asr_copies") or {}).get("enabled")
+    return (f"MiniLM (all-MiniLM-L6-v2) with layers {layers} fine-tuned on the same train transcripts"
+            f"{' and their ASR copies' if asr else ''} (`{ft['file']}`, {ft['bytes'] / 1e6:.1f} MB float16, sha256 {ft['sha256'][:12]}; "
             f"`sentistream train-text`: mean pool + linear head, L1 loss, {cfg.get('epochs')} epochs, lr "
-            f"{cfg.get('lr')}, epoch {ft.get('best_epoch')} chosen by std-valid MAE over reference + ASR transcripts)"
+            f"{cfg.get('lr')}, epoch {ft.get('best_epoch')} chosen by std-valid MAE over "
+            f"{'reference + ASR transcripts' if asr else 'reference transcripts'})"
             + _crossfit_text(ft))
 
 
@@ -60,9 +62,19 @@ def _crossfit_text(ft: dict[str, Any]) -> str:
 def _encoder_limit_text(meta: dict[str, Any]) -> str:
     if not meta.get("text_finetune"):
         return "The encoder is frozen (no fine-tuning); see the ridge floor above for the frozen-encoder baseline."
-    return ("Only the encoder's top layers were fine-tuned (on 1284 MOSI train utterances and their ASR copies); "
+    ft = meta["text_finetune"]
+    asr = " and their ASR copies" if (ft.get("asr_copies") or {}).get("enabled") else ""
+    return (f"Only the encoder's top layers were fine-tuned (on {_train_rows(meta)} MOSI train utterances{asr}); "
             "the fine-tuned MiniLM of the accuracy bench (`minilm_ft`, all layers, reference transcripts) "
             "is not what the engine runs.")
+
+
+def _train_rows(meta: dict[str, Any]) -> str:
+    """The std-train row count, from the run's data description ("... train 1284 / ...")."""
+    import re
+
+    m = re.search(r"train (\d+)", str(meta.get("data", {}).get("text", "")))
+    return m.group(1) if m else "the"
 
 
 def _ft_rows_text(meta: dict[str, Any]) -> str:
@@ -77,8 +89,9 @@ def _refit_text(meta: dict[str, Any]) -> str:
     r = meta.get("refit") or {}
     if not r.get("enabled"):
         return ""
+    asr = ", with their ASR copies" if (meta.get("data", {}).get("asr_copies") or {}).get("enabled") else ""
     return (f" The shipped weights are that run retrained, same seed and configuration, on train + valid "
-            f"({r['rows']} rows with their ASR copies) for its {r['epochs']} epochs: the valid row is the "
+            f"({r['rows']} rows{asr}) for its {r['epochs']} epochs: the valid row is the "
             f"selected run's (the shipped model has trained on valid), the test row the shipped model's. "
             f"The selected run itself scored {100 * r['selected_run_test']['acc2_non0']:.1f} % Acc2 non0 / MAE "
             f"{r['selected_run_test']['mae']:.3f} on test (`--no-refit` ships it).")
