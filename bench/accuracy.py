@@ -53,7 +53,9 @@ results file, the report and issue 4's reference figures and goals are in ``accu
     ``live_asr_text_audio`` (ASR transcript + the real audio features of the spoken utterance,
     vision absent: a voice-only session) and the diagnostic ``live_asr_plain_text`` (the ASR
     transcript written like the training transcripts: upper case, no punctuation or apostrophes;
-    it separates transcript *format* from word errors); ASR rows also carry ``wer``. Skipped (recorded as
+    it separates transcript *format* from word errors), and ``live_asr_text_gapped`` (the same
+    texts spoken with short pauses between words, ``GAPPED_WORD_GAP``: espeak's run-together words
+    are harder for Whisper than a person's; the default-speech rows stay); ASR rows also carry ``wer``. Skipped (recorded as
     ``"skipped: no shipped model"``) when the checkpoint does not exist.
 
 ``--quick``: one seed, two epochs, two models per suite, a subsample of every split (tests).

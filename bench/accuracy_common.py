@@ -25,7 +25,8 @@ DEFAULT_CHECKPOINT = REPO / "models" / "live_model.safetensors"
 SUITES = ("mosi_utterance", "mosi_text", "mosi_spoken")
 ZOO = ("almt", "kuda", "msfn", "mldfa", "tfn", "lmf", "mult")
 TEXT_HEADS = ("ridge", "mlp", "minilm_ft")
-SPOKEN_ROWS = ("live_ref_text", "live_asr_text", "live_asr_text_audio", "live_asr_plain_text")
+SPOKEN_ROWS = ("live_ref_text", "live_asr_text", "live_asr_text_audio", "live_asr_plain_text",
+               "live_asr_text_gapped")
 METRICS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5", "mae", "corr")
 DEFAULT_MODELS = {"mosi_utterance": ZOO, "mosi_text": TEXT_HEADS + ZOO, "mosi_spoken": SPOKEN_ROWS}
 QUICK_MODELS = {"mosi_utterance": ("lmf", "msfn"), "mosi_text": ("ridge", "mlp"),

@@ -17,18 +17,29 @@ import numpy as np
 from sentistream.bench.accuracy_common import METRICS, SPOKEN_ROWS, merge_results, run_stamp, say, utc_now
 
 # --------------------------------------------------------------------------- mosi_spoken
-def _spoken_cache_key(ids: Sequence[str], asr: str) -> str:
+#: espeak-ng word gap (``-g``, units of 10 ms) of the ``live_asr_text_gapped`` row. espeak runs words
+#: together in a way no speaker does, and that, not the sentiment model, is most of the ASR row's loss.
+#: Chosen on std-valid only (all 229 utterances, batch tiny.en, plain WER): -g 0 19.6 %, 2 15.3 %,
+#: 4 14.2 %, 6 13.3 %, 8 12.7 %, 12 12.1 %; rule fixed before the test run: the lowest WER whose speech
+#: stays at a conversational >= 120 words a minute (measured: -g 0 176, 4 144, 8 128, 12 115 wpm).
+#: The default-speech rows (-g 0) stay, so both are reported.
+GAPPED_WORD_GAP = 8
+
+
+def _spoken_cache_key(ids: Sequence[str], asr: str, word_gap: int = 0) -> str:
     from sentistream.perception.asr import AsrOptions
 
     opts = {k: str(v) for k, v in vars(AsrOptions()).items() if k != "cpu_threads"}
-    h = hashlib.sha1(json.dumps([list(ids), asr, "espeak-ng en-us 150", "v2", opts]).encode())
+    speech = "espeak-ng en-us 150" + (f" -g {word_gap}" if word_gap else "")
+    h = hashlib.sha1(json.dumps([list(ids), asr, speech, "v2", opts]).encode())
     return h.hexdigest()[:12]
 
 
-def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cache: bool = True
-                      ) -> dict[str, Any]:
-    """espeak-ng -> ASR for the std-test utterances (first ``n``; all when None); audio features of
-    each spoken utterance. Cached in the sentistream cache dir (audio features + hypotheses)."""
+def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cache: bool = True,
+                      word_gap: int = 0) -> dict[str, Any]:
+    """espeak-ng (word gap ``word_gap`` x 10 ms) -> ASR for the std-test utterances (first ``n``; all
+    when None); audio features of each spoken utterance. Cached in the sentistream cache dir (audio
+    features + hypotheses)."""
     from sentistream.bench.perception import (
         Utterance,
         bench_asr_streaming_fast,
@@ -42,7 +53,7 @@ def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cac
     if n:
         rows = rows[:n]
     ids = [str(cols["id"][r]) for r in rows]
-    key = _spoken_cache_key(ids, asr_mode)
+    key = _spoken_cache_key(ids, asr_mode, word_gap)
     cpath = data_mod.default_cache_dir() / f"spoken_mosi_{key}.npz"
     if cache and cpath.is_file():
         z = np.load(cpath, allow_pickle=False)
@@ -59,12 +70,12 @@ def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cac
     )
     from sentistream.perception.audio_features import AudioFeatureExtractor
 
-    say(f"mosi_spoken: speaking {len(rows)} std-test utterances with espeak-ng ...")
+    say(f"mosi_spoken: speaking {len(rows)} std-test utterances with espeak-ng (word gap {word_gap}) ...")
     utts = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
             utts.append(Utterance(str(cols["id"][r]), str(cols["text"][r]), speak_espeak(str(cols["text"][r]),
-                                                                                        Path(tmp))))
+                                                                                        Path(tmp), word_gap)))
     opts = AsrOptions(cpu_threads=max(1, threads))
     model = load_whisper(opts)
     say(f"mosi_spoken: ASR ({asr_mode}) over {sum(u.audio.size for u in utts) / 16000:.0f} s of speech ...")
@@ -153,6 +164,20 @@ def _finetune_note(ck: dict[str, Any]) -> str:
     return f" with the checkpoint's fine-tuned layers ({ft['file']}, sha256 {ft['sha256'][:12]})" if ft else ""
 
 
+def _goal_status(rows: dict[str, dict[str, float]]) -> str | None:
+    """The goal (ASR within 3 points of the reference text on acc2_non0), per speech style."""
+    if "live_ref_text" not in rows:
+        return None
+    parts = []
+    for name, style in (("live_asr_text", "espeak-ng default speech"),
+                        ("live_asr_text_gapped", f"speech with {10 * GAPPED_WORD_GAP} ms word gaps")):
+        if name in rows:
+            gap = rows["live_ref_text"]["acc2_non0"] - rows[name]["acc2_non0"]
+            parts.append(f"{style}: acc2_non0 gap reference-text minus ASR-text = {100 * gap:.1f} points, "
+                         f"goal {'met' if gap <= 0.03 else 'NOT met'}")
+    return "; ".join(parts) + "." if parts else None
+
+
 def suite_spoken(args, models: Sequence[str], command: str) -> None:
     from sentistream.bench.perception import wer
     from sentistream.models.metrics import regression_metrics
@@ -175,19 +200,26 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
     sha = file_sha256(ckpt)
     live = load_live(ckpt, args.threads)
     n = args.spoken_utterances or (4 if args.quick else None)
+    unknown = [m for m in models if m not in SPOKEN_ROWS]
+    if unknown:
+        raise SystemExit(f"mosi_spoken: unknown row {unknown[0]!r} ({', '.join(SPOKEN_ROWS)})")
     sp = spoken_transcribe(Path(args.transcripts), n, args.asr, args.threads, cache=not args.quick)
     labels = np.asarray(sp["labels"], np.float32)
     refs, hyps = sp["refs"], sp["hyps"]
     w_norm = wer(refs, hyps)
     w_plain = plain_wer(refs, hyps)
+    gapped: dict[str, Any] = {}
+    if "live_asr_text_gapped" in models:
+        gapped = spoken_transcribe(Path(args.transcripts), n, args.asr, args.threads, cache=not args.quick,
+                                   word_gap=GAPPED_WORD_GAP)
+        assert gapped["ids"] == sp["ids"]
     rows: dict[str, dict[str, float]] = {}
     model_meta: dict[str, dict[str, Any]] = {}
     plain = [" ".join(_plain_words(h)).upper() for h in hyps]
     inputs = {"live_ref_text": (refs, None), "live_asr_text": (hyps, None),
-              "live_asr_text_audio": (hyps, sp["audio_feats"]), "live_asr_plain_text": (plain, None)}
+              "live_asr_text_audio": (hyps, sp["audio_feats"]), "live_asr_plain_text": (plain, None),
+              "live_asr_text_gapped": (gapped.get("hyps"), None)}
     for name in models:
-        if name not in inputs:
-            raise SystemExit(f"mosi_spoken: unknown row {name!r} ({', '.join(SPOKEN_ROWS)})")
         texts, audio = inputs[name]
         t0 = time.perf_counter()
         pred = live_scores(live, texts, audio)
@@ -195,7 +227,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
         row = {k: float(m[k]) for k in METRICS}
         row.update({k + "_std": 0.0 for k in METRICS})
         if name != "live_ref_text":
-            row["wer"] = float(w_plain)
+            row["wer"] = float(plain_wer(refs, texts) if name == "live_asr_text_gapped" else w_plain)
         rows[name] = row
         say(f"mosi_spoken {name}: acc2_non0 {row['acc2_non0']:.4f} mae {row['mae']:.4f}")
         model_meta[name] = {"command": command, "date": utc_now(), "seeds": None,
@@ -206,7 +238,11 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
                                       "live_asr_plain_text": "diagnostic: ASR transcript written like the "
                                                              "MOSI transcripts (upper case, no punctuation "
                                                              "or apostrophes, 0-10 as words), audio/vision "
-                                                             "absent; the engine does not do this"}[name],
+                                                             "absent; the engine does not do this",
+                                      "live_asr_text_gapped": f"ASR transcript of the same text spoken with "
+                                                              f"espeak-ng -g {GAPPED_WORD_GAP} ("
+                                                              f"{10 * GAPPED_WORD_GAP} ms between words), "
+                                                              f"audio/vision absent"}[name],
                             "seconds": round(time.perf_counter() - t0, 1)}
     suite_meta = {
         **base_meta, "status": "ok",
@@ -215,6 +251,8 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
                  f"engine TextEncoder{_finetune_note(ck)}, shipped model {ckpt.name} ({ck['model']}, dims "
                  f"{ck['dims'].as_dict()}); one window per utterance (whole transcript + whole audio)"),
         "utterances": len(refs), "asr": args.asr, "wer": float(w_plain), "wer_normalise": float(w_norm),
+        "gapped_word_gap_10ms": GAPPED_WORD_GAP,
+        "wer_gapped": float(plain_wer(refs, gapped["hyps"])) if gapped else None,
         "wer_note": "wer: lower case, apostrophes and punctuation dropped on both sides (the MOSI "
                     "reference transcripts have no apostrophes), 0-10 as words; wer_normalise: the "
                     "perception bench's normalise() (contractions expanded: penalises THERES vs there's)",
@@ -226,13 +264,17 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
         "notes": ["Single deterministic pass (no seeds): *_std are 0.",
                   "Scores are clipped to [-3, 3] as the live engine does.",
                   ("Compare live_ref_text (same model, same utterances, reference transcript) and "
-                  "meta.mosi_text for the goal (within 3 points of mosi_text on acc2_non0).")],
+                   "meta.mosi_text for the goal (within 3 points of mosi_text on acc2_non0)."),
+                  (f"live_asr_text_gapped: the same utterances spoken with {10 * GAPPED_WORD_GAP} ms between "
+                   f"words (espeak-ng -g {GAPPED_WORD_GAP}, chosen on std-valid WER, see GAPPED_WORD_GAP in "
+                   f"bench/accuracy_spoken.py): slower speech with its words apart, which Whisper hears "
+                   f"better than espeak's run-together words; the goal is "
+                   f"stated for both speech styles.")],
     }
     if file_sha256(ckpt) != sha:
         raise RuntimeError(f"{ckpt} changed while the suite ran; run it again")
-    if "live_ref_text" in rows and "live_asr_text" in rows:
-        gap = rows["live_ref_text"]["acc2_non0"] - rows["live_asr_text"]["acc2_non0"]
-        suite_meta["goal_status"] = (f"acc2_non0 gap reference-text minus ASR-text = {100 * gap:.1f} points: "
-                                     f"goal {'met' if gap <= 0.03 else 'NOT met'}.")
+    gs = _goal_status(rows)
+    if gs:
+        suite_meta["goal_status"] = gs
     merge_results(Path(args.out), "mosi_spoken", rows, suite_meta, model_meta, fresh=args.fresh)
     args.fresh = False

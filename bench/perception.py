@@ -86,14 +86,16 @@ def mosi_test_texts(path: Path, n: int) -> list[tuple[str, str]]:
     return [(r["id"], r["text"]) for r in rows[:n]]
 
 
-def speak_espeak(text: str, workdir: Path) -> np.ndarray:
-    """espeak-ng (22.05 kHz) -> 16 kHz float32."""
+def speak_espeak(text: str, workdir: Path, word_gap: int = 0) -> np.ndarray:
+    """espeak-ng (en-us, 150 wpm, 22.05 kHz) -> 16 kHz float32; ``word_gap``: espeak's ``-g``, a pause
+    between words in units of 10 ms (0 = espeak's default run-together speech)."""
     import wave
 
     from scipy.signal import resample_poly
 
     wav = workdir / "u.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text.lower()], check=True,
+    gap = ["-g", str(int(word_gap))] if word_gap else []
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", *gap, "-w", str(wav), text.lower()], check=True,
                    capture_output=True)
     with wave.open(str(wav)) as w:
         rate = w.getframerate()

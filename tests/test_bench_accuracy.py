@@ -148,3 +148,25 @@ def test_zoo_ensemble_row_averages_different_models(tmp_path: Path) -> None:
     member_mae = [m["test"]["mae"] for m in seed_run["members"]]
     assert seed_run["test"]["mae"] <= max(member_mae) + 1e-9 and seed_run["test"]["mae"] not in member_mae
     assert data["meta"]["mosi_utterance"]["goal_status"].startswith("Best by acc2_non0")
+
+
+@needs_data
+@pytest.mark.skipif(not accuracy.DEFAULT_CHECKPOINT.is_file(), reason="no shipped live model")
+def test_spoken_suite_on_the_shipped_model(tmp_path: Path) -> None:
+    """Real espeak-ng speech -> real Whisper -> the shipped live model, both speech styles."""
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed")
+    rc = accuracy.main(["--quick", "--suites", "mosi_spoken", "--spoken-utterances", "3",
+                        "--models", "live_ref_text,live_asr_text,live_asr_text_gapped", "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "accuracy.json").read_text())
+    rows, meta = data["mosi_spoken"], data["meta"]["mosi_spoken"]
+    assert set(rows) == {"live_ref_text", "live_asr_text", "live_asr_text_gapped"}
+    assert "wer" not in rows["live_ref_text"]
+    for name in ("live_asr_text", "live_asr_text_gapped"):
+        assert 0.0 <= rows[name]["wer"] < 0.6, (name, rows[name]["wer"])  # Whisper heard the words
+    assert rows["live_asr_text_gapped"]["wer"] == meta["wer_gapped"]
+    assert meta["utterances"] == 3 and meta["gapped_word_gap_10ms"] > 0
+    assert "default speech" in meta["goal_status"] and "word gaps" in meta["goal_status"]
