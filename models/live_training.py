@@ -563,6 +563,17 @@ REFIT_RULE = ("the epoch count is chosen by early stopping on std-valid; the shi
               "trained on valid), test figures the shipped model's")
 
 
+def _text_select_encoder(ft_meta: dict[str, Any], cache_dir: Optional[Path]
+                         ) -> tuple[dict[str, Any], Optional[list[tuple[Any, dict[str, Any]]]]]:
+    """With a train-text refit: the train-only encoder it selected, as a one-fold cross-fit set
+    (every video -> fold 0) and its loaded encoder; otherwise ({}, None)."""
+    refit = (ft_meta or {}).get("refit") or {}
+    if not refit.get("enabled"):
+        return {}, None
+    select_set = {"folds": 1, "video_fold": {}, "files": [refit["select_encoder"]]}
+    return select_set, load_fold_encoders(select_set, cache_dir)
+
+
 # --------------------------------------------------------------------------- main entry
 def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Optional[Path] = DEFAULT_CARD,
                seed: int = 0, hparams: Optional[dict] = None, train_overrides: Optional[dict] = None,
@@ -574,8 +585,10 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
 
     ``refit``: once the epoch is chosen on std-valid, the shipped weights are a retrain on train +
     valid (+ their ASR copies) for that many epochs (``training.refit_model``), so the 229 valid
-    utterances teach the model too. The valid rows are encoded by the final text encoder, which
-    never trained on them, as the out-of-fold train rows are by theirs."""
+    utterances teach the model too. The valid rows are encoded by the text encoder train-text
+    selected on them, which never trained on them, as the out-of-fold train rows are by theirs
+    (with a train-text refit that is the train-only encoder it left in the cache; the test rows and
+    the engine use the shipped, refitted layers)."""
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -585,7 +598,8 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         from sentistream.perception.text import finetune_info
 
         info = finetune_info(text_finetune)
-        keep = ("config", "trained", "best_epoch", "valid", "test", "command", "created", "asr_copies", "crossfit")
+        keep = ("config", "trained", "best_epoch", "valid", "test", "command", "created", "asr_copies", "crossfit",
+                "refit")
         ft_meta = {"file": Path(text_finetune).name, "sha256": info["sha256"],
                    "bytes": Path(text_finetune).stat().st_size, **{k: info["meta"].get(k) for k in keep}}
     dims = live_dims(encoder.dim)
@@ -601,6 +615,12 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         store, pooled = out_of_fold_encode(texts_train, splits.train.video_ids, crossfit, cache_dir, progress,
                                            fold_encoders)
         splits.train.text, splits.train.pooled = store, pooled
+    select_set, select_encoder = _text_select_encoder(ft_meta, cache_dir)
+    if select_encoder:
+        # The shipped layers were retrained on valid: encode the valid rows (selection, and the
+        # ALMT's refit rows) with the train-only encoder train-text selected, as if out of fold.
+        splits.valid.text, splits.valid.pooled = out_of_fold_encode(
+            list(splits.valid.raw_text), splits.valid.video_ids, select_set, cache_dir, progress, select_encoder)
     asr_info: dict[str, Any] = {"enabled": False}
     reference_splits = data_mod.DatasetSplits(splits.train, splits.valid, splits.test, splits.name,
                                               splits.kind, splits.info)
@@ -623,7 +643,9 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         valid_rows = splits.valid
         if asr_augment:  # valid's ASR copies: the ones train-text selected on (seed + 1)
             va_hyps, _ = asr_transcripts(list(splits.valid.raw_text), cache_dir, seed + 1)
-            valid_rows = with_asr_copies(splits.valid, va_hyps, encoder, ident, cache_dir, progress)
+            valid_rows = with_asr_copies(splits.valid, va_hyps, encoder, ident, cache_dir, progress,
+                                         out_of_fold_encode(va_hyps, splits.valid.video_ids, select_set, cache_dir,
+                                                            progress, select_encoder) if select_encoder else None)
         both = data_mod.DatasetSplits(splits.train, valid_rows, splits.test, splits.name, splits.kind, splits.info)
         shipped = training.refit_model(LIVE_MODEL, both, result, hparams=hp, augment=augment)
         refit_info = {"enabled": True, "epochs": shipped.epochs_run, "rows": len(splits.train) + len(valid_rows),

@@ -47,7 +47,18 @@ def _text_encoder_text(meta: dict[str, Any]) -> str:
             f"`sentistream train-text`: mean pool + linear head, L1 loss, {cfg.get('epochs')} epochs, lr "
             f"{cfg.get('lr')}, epoch {ft.get('best_epoch')} chosen by std-valid MAE over "
             f"{'reference + ASR transcripts' if asr else 'reference transcripts'})"
-            + _crossfit_text(ft))
+            + _crossfit_text(ft) + _text_refit_text(ft))
+
+
+def _text_refit_text(ft: dict[str, Any]) -> str:
+    r = ft.get("refit") or {}
+    if not r.get("enabled"):
+        return ""
+    sel = r["selected_run_test"]["ref"]
+    return (f". The shipped layers are that recipe retrained on train + valid ({r['rows']} texts) for the "
+            f"{r['epochs']} epochs chosen on valid; the train-only encoder that was selected (its own head: "
+            f"std-test {100 * sel['acc2_non0']:.1f} % Acc2 non0 / MAE {sel['mae']:.3f}) encodes the ALMT's "
+            f"valid rows, which the shipped layers have seen")
 
 
 def _crossfit_text(ft: dict[str, Any]) -> str:
@@ -80,9 +91,12 @@ def _train_rows(meta: dict[str, Any]) -> str:
 def _ft_rows_text(meta: dict[str, Any]) -> str:
     if not meta.get("text_finetune"):
         return ""
+    refit = ((meta["text_finetune"].get("refit") or {}).get("enabled"))
+    test = ("are the retrained layers' (train + valid), computed once afterwards" if refit
+            else "were computed once afterwards")
     return ("The \"text fine-tune's own head\" rows are the fine-tune's mean-pool + linear head "
             "(used only to train the layers; the ALMT reads their tokens); its valid figures chose the "
-            "epoch, its test figures were computed once afterwards. ")
+            f"epoch, its test figures {test}. ")
 
 
 def _refit_text(meta: dict[str, Any]) -> str:

@@ -79,9 +79,10 @@ def _trainable_prefixes(enc, train_layers: int) -> list[str]:
 def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, LabelledTexts],
                           test: Optional[dict[str, LabelledTexts]] = None,
                           config: Optional[TextFinetuneConfig] = None, model_dir: str = "",
-                          progress: bool = False) -> TextFinetuneResult:
+                          progress: bool = False, stop_after: int = 0) -> TextFinetuneResult:
     """Fine-tune on the concatenation of ``train``; select the epoch on ``valid`` (mean MAE over
-    its sets); score ``test`` once at the end."""
+    its sets); score ``test`` once at the end. ``valid`` empty (a refit): no selection, the weights
+    after ``stop_after`` epochs (default all) of the configured ``epochs``' LR schedule are kept."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -139,7 +140,8 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
     best: Optional[tuple[float, dict, dict, int]] = None
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for ep in range(1, cfg.epochs + 1):
+    last = min(cfg.epochs, stop_after) if stop_after > 0 else cfg.epochs
+    for ep in range(1, last + 1):
         enc.train()
         head.train()
         order = rng.permutation(n)
@@ -154,14 +156,15 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
             sched.step()
             total += loss.item() * len(idx)
         vm = score(valid)
-        sel = float(np.mean([m["mae"] for m in vm.values()]))
-        history.append({"epoch": ep, "train_loss": round(total / n, 4), "select_mae": round(sel, 4),
+        sel = float(np.mean([m["mae"] for m in vm.values()])) if vm else float("nan")
+        history.append({"epoch": ep, "train_loss": round(total / n, 4),
+                        **({"select_mae": round(sel, 4)} if vm else {}),
                         **{f"valid_{k}_mae": round(m["mae"], 4) for k, m in vm.items()},
                         **{f"valid_{k}_acc2_non0": round(m["acc2_non0"], 4) for k, m in vm.items()},
                         "seconds": round(time.perf_counter() - t0, 1)})
         if progress:
             log.info("text fine-tune epoch %d: %s", ep, history[-1])
-        if best is None or sel < best[0]:
+        if best is None or not vm or sel < best[0]:  # no valid sets: the latest epoch
             best = (sel, {k: v.detach().clone() for k, v in enc.state_dict().items()},
                     {k: v.detach().clone() for k, v in head.state_dict().items()}, ep)
     assert best is not None
@@ -200,9 +203,14 @@ def crossfit_dir(cache_dir: Optional[Path], key: str) -> Path:
 
 def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optional[TextFinetuneConfig] = None,
                asr_augment: bool = True, cache_dir: Optional[Path] = None, command: str = "",
-               progress: bool = True, limit: int = 0, crossfit: int = 2) -> dict[str, Any]:
+               progress: bool = True, limit: int = 0, crossfit: int = 2, refit: bool = True) -> dict[str, Any]:
     """``sentistream train-text``: fine-tune the top layers on std-train (+ its ASR copies), select
     on std-valid (reference + ASR transcripts), write the trained layers to ``out``.
+
+    ``refit``: the layers written to ``out`` are then a retrain, same seed and recipe, on train +
+    valid (+ both ASR copies) for the selected number of epochs of the same LR schedule; the
+    selected encoder (train only) goes to the cache beside the fold encoders, since train-live
+    encodes the valid rows it selects on with it (an encoder that never saw them).
 
     ``crossfit`` > 1 also fine-tunes one encoder per fold of the train videos on the other folds
     (same recipe), written to the cache: ``train-live`` encodes each train utterance with the
@@ -229,12 +237,12 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
         valid_sets["asr"] = LabelledTexts(va_h, va.labels)
         asr = {**info, "enabled": True, "train_seed": 0, "valid_seed": 1}
     res = finetune_text_encoder(train_sets, valid_sets, {"ref": te}, cfg, progress=progress)
+    key = hashlib.sha1(json.dumps([vars(cfg), asr_augment, crossfit, tr.texts,
+                                   [str(t) for t in train_sets[-1].texts]]).encode()).hexdigest()[:12]
+    fdir = crossfit_dir(cache_dir, key)
     folds_meta: dict[str, Any] = {"folds": 0}
     if crossfit > 1:
         fold_of = crossfit_folds(tr.groups or [], crossfit, cfg.seed)
-        key = hashlib.sha1(json.dumps([vars(cfg), asr_augment, crossfit, tr.texts,
-                                       [str(t) for t in train_sets[-1].texts]]).encode()).hexdigest()[:12]
-        fdir = crossfit_dir(cache_dir, key)
         files = []
         for k in range(crossfit):
             keep = np.array([fold_of[g] != k for g in tr.groups or []])
@@ -248,17 +256,33 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
                           "train_rows": int(keep.sum()), "valid": r.valid})
         folds_meta = {"folds": crossfit, "key": key, "video_fold": fold_of, "files": files,
                       "where": "<cache>/text_finetune/ (not shipped: only train-live reads them)"}
+    shipped, refit_meta = res, {"enabled": False}
+    if refit:
+        select_path = fdir / "select.safetensors"
+        select_sha = save_finetune(res.encoder, res.trained_prefixes, select_path, {"selected": True, "key": key})
+        both = train_sets + list(valid_sets.values())
+        if progress:
+            log.info("refit on train + valid: %d texts, %d epochs", sum(len(x.texts) for x in both), res.best_epoch)
+        shipped = finetune_text_encoder(both, {}, {"ref": te}, cfg, progress=progress, stop_after=res.best_epoch)
+        refit_meta = {"enabled": True, "epochs": res.best_epoch, "rows": sum(len(x.texts) for x in both),
+                      "rule": ("epoch count chosen on std-valid by the train-only run; the shipped layers are "
+                               "that recipe retrained on train + valid (+ ASR copies) for that many epochs "
+                               "of the same LR schedule; valid figures are the selected run's"),
+                      "selected_run_test": res.test, "seconds": shipped.seconds,
+                      "select_encoder": {"file": f"{key}/{select_path.name}", "sha256": select_sha}}
     meta = {
         "config": vars(cfg), "trained": res.trained_prefixes, "best_epoch": res.best_epoch,
-        "history": res.history, "valid": res.valid, "test": res.test, "asr_copies": asr, "crossfit": folds_meta,
+        "history": res.history, "valid": res.valid, "test": shipped.test, "asr_copies": asr,
+        "crossfit": folds_meta, "refit": refit_meta,
         "data": f"{Path(data).name}: std folds train {len(tr.texts)} / valid {len(va.texts)} / test {len(te.texts)}",
         "selection": "epoch with the lowest mean std-valid MAE over the sets " + ", ".join(valid_sets),
         "head": "mean pool -> dropout 0.1 -> linear (training only; not saved: the live model reads the tokens)",
         "command": command, "machine": {k: v for k, v in stamp("cpu", command, False).items()
-                                                 if k in ("cpu", "cpu_count", "platform", "git")}, "seconds": res.seconds,
+                                                 if k in ("cpu", "cpu_count", "platform", "git")},
+        "seconds": round(res.seconds + (shipped.seconds if refit else 0.0), 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    sha = save_finetune(res.encoder, res.trained_prefixes, out, meta)
+    sha = save_finetune(shipped.encoder, shipped.trained_prefixes, out, meta)
     meta.update(file=str(out), sha256=sha, bytes=Path(out).stat().st_size)
     return meta
 
@@ -278,6 +302,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-asr-augment", action="store_true", help="reference transcripts only")
     p.add_argument("--crossfit", type=int, default=2,
                    help="fold encoders for train-live's out-of-fold train embeddings (0 = none)")
+    p.add_argument("--no-refit", action="store_true",
+                   help="ship the train-only encoder chosen on valid (default: it retrained on train + valid)")
     p.add_argument("--cache-dir", type=Path, default=None)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -288,10 +314,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "sentistream train-text " + " ".join(shlex.quote(x) for x in (sys.argv[2:] if argv is None else argv))
     data = Path(a.data)
     meta = train_text(data, a.out, cfg, not a.no_asr_augment, a.cache_dir, command.strip(), limit=a.limit,
-                      crossfit=a.crossfit)
+                      crossfit=a.crossfit, refit=not a.no_refit)
     v = meta["valid"]
     print(f"wrote {a.out} ({meta['bytes'] / 1e6:.1f} MB, sha256 {meta['sha256'][:12]}), best epoch {meta['best_epoch']}")
     for k, m in v.items():
         print(f"valid {k}: acc2_non0 {100 * m['acc2_non0']:.1f} mae {m['mae']:.3f}")
     print(f"test ref: acc2_non0 {100 * meta['test']['ref']['acc2_non0']:.1f} mae {meta['test']['ref']['mae']:.3f}")
+    if meta["refit"]["enabled"]:
+        sel = meta["refit"]["selected_run_test"]["ref"]
+        print(f"(shipped: retrained on train + valid; the selected train-only run: test ref acc2_non0 "
+              f"{100 * sel['acc2_non0']:.1f} mae {sel['mae']:.3f})")
     return 0

@@ -180,6 +180,10 @@ def test_train_text_cli_writes_a_loadable_file(tmp_path):
     assert sum(f["train_rows"] for f in cf["files"]) == 24  # each row is held out exactly once
     for f in cf["files"]:
         assert read_finetune(cache / "text_finetune" / f["file"])[1]["sha256"] == f["sha256"]
+    rf = info["meta"]["refit"]  # shipped: retrained on train + valid; the selected encoder is kept
+    assert rf["enabled"] and rf["epochs"] == 1 and rf["rows"] == 48
+    select = cache / "text_finetune" / rf["select_encoder"]["file"]
+    assert read_finetune(select)[1]["sha256"] == rf["select_encoder"]["sha256"] != info["sha256"]
 
 
 def test_doctor_reports_the_text_layers_a_checkpoint_needs(finetuned, tmp_path):
@@ -258,3 +262,38 @@ def test_run_with_text_layers_the_model_was_not_trained_on_stops_with_the_reason
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is not the text encoder" in errors[0] and str(path) in errors[0], errors
     assert "restarts: none" in proc.stdout + proc.stderr
+
+
+def test_refit_without_valid_replays_the_selected_epochs_exactly():
+    """No valid sets: no selection, the weights after ``stop_after`` epochs of the same schedule.
+    On the same rows, that reproduces the selected run's weights (selection only reads them)."""
+    from sentistream.models.text_finetune import LabelledTexts, TextFinetuneConfig, finetune_text_encoder
+
+    data = LabelledTexts(TEXTS, LABELS)
+    cfg = TextFinetuneConfig(train_layers=1, epochs=3, lr=1e-3, batch_size=4)
+    # a valid set on which the model only improves would pick the last epoch: use its train rows
+    sel = finetune_text_encoder([data], {"ref": data}, None, cfg)
+    refit = finetune_text_encoder([data], {}, {"ref": data}, cfg, stop_after=sel.best_epoch)
+    assert len(refit.history) == sel.best_epoch and "select_mae" not in refit.history[-1]
+    assert refit.best_epoch == sel.best_epoch and refit.valid == {}
+    a, b = sel.encoder.state_dict(), refit.encoder.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(refit.test) == {"ref"}
+
+
+def test_train_live_encodes_valid_rows_with_the_selected_encoder(finetuned, tmp_path):
+    import shutil
+
+    from sentistream.models.live_training import _text_select_encoder
+
+    path, sha, _ = finetuned
+    assert _text_select_encoder({}, tmp_path) == ({}, None)
+    assert _text_select_encoder({"refit": {"enabled": False}}, tmp_path) == ({}, None)
+    (tmp_path / "text_finetune" / "k").mkdir(parents=True)
+    shutil.copyfile(path, tmp_path / "text_finetune" / "k" / "select.safetensors")
+    meta = {"refit": {"enabled": True, "select_encoder": {"file": "k/select.safetensors", "sha256": sha}}}
+    select_set, [(enc, ident)] = _text_select_encoder(meta, tmp_path)
+    assert ident["finetune_sha256"] == sha and select_set["video_fold"] == {}
+    meta["refit"]["select_encoder"]["sha256"] = "0" * 64
+    with pytest.raises(ValueError, match="not the fold encoder"):
+        _text_select_encoder(meta, tmp_path)
