@@ -58,7 +58,7 @@ def _text_refit_text(ft: dict[str, Any]) -> str:
     return (f". The shipped layers are that recipe retrained on train + valid ({r['rows']} texts) for the "
             f"{r['epochs']} epochs chosen on valid; the train-only encoder that was selected (its own head: "
             f"std-test {100 * sel['acc2_non0']:.1f} % Acc2 non0 / MAE {sel['mae']:.3f}) encodes the ALMT's "
-            f"valid rows, which the shipped layers have seen")
+            f"valid rows, which the shipped layers have seen; input:")
 
 
 def _crossfit_text(ft: dict[str, Any]) -> str:
