@@ -127,7 +127,8 @@ def run(args) -> int:
             models = [m for m in models if m in known]
             if not models:
                 continue
-        say(f"suite {suite}: models {models}, seeds {seeds}")
+        seeds_text = "" if suite == "mosi_spoken" else f", seeds {seeds}"  # spoken: one deterministic pass
+        say(f"suite {suite}: models {models}{seeds_text}")
         if suite == "mosi_utterance":
             if args.zoo_ensemble:
                 utterance_zoo_ensemble(args, seeds, command)
