@@ -241,11 +241,11 @@ def load_fold_encoders(crossfit: dict[str, Any], cache_dir: Optional[Path]) -> l
     for f in crossfit["files"]:
         path = crossfit_dir(cache_dir, "") / f["file"]
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: the text fine-tune's fold encoder is not in this cache; run "
-                                    "`sentistream train-text` again (or train-live --text-finetune none)")
+            raise FileNotFoundError(f"{path}: an encoder the text fine-tune left (fold or selected) is not in this "
+                                    "cache; run `sentistream train-text` again (or train-live --text-finetune none)")
         enc, ident = data_mod.make_text_encoder(finetune=str(path))
         if ident["finetune_sha256"] != f["sha256"]:
-            raise ValueError(f"{path}: not the fold encoder the text fine-tune recorded; run train-text again")
+            raise ValueError(f"{path}: not the encoder the text fine-tune recorded; run train-text again")
         out.append((enc, ident))
     return out
 

@@ -295,5 +295,5 @@ def test_train_live_encodes_valid_rows_with_the_selected_encoder(finetuned, tmp_
     select_set, [(enc, ident)] = _text_select_encoder(meta, tmp_path)
     assert ident["finetune_sha256"] == sha and select_set["video_fold"] == {}
     meta["refit"]["select_encoder"]["sha256"] = "0" * 64
-    with pytest.raises(ValueError, match="not the fold encoder"):
+    with pytest.raises(ValueError, match="not the encoder the text fine-tune recorded"):
         _text_select_encoder(meta, tmp_path)
