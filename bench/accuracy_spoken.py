@@ -213,6 +213,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
         gapped = spoken_transcribe(Path(args.transcripts), n, args.asr, args.threads, cache=not args.quick,
                                    word_gap=GAPPED_WORD_GAP)
         assert gapped["ids"] == sp["ids"]
+    w_gapped = plain_wer(refs, gapped["hyps"]) if gapped else None
     rows: dict[str, dict[str, float]] = {}
     model_meta: dict[str, dict[str, Any]] = {}
     plain = [" ".join(_plain_words(h)).upper() for h in hyps]
@@ -227,7 +228,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
         row = {k: float(m[k]) for k in METRICS}
         row.update({k + "_std": 0.0 for k in METRICS})
         if name != "live_ref_text":
-            row["wer"] = float(plain_wer(refs, texts) if name == "live_asr_text_gapped" else w_plain)
+            row["wer"] = float(w_gapped if name == "live_asr_text_gapped" else w_plain)
         rows[name] = row
         say(f"mosi_spoken {name}: acc2_non0 {row['acc2_non0']:.4f} mae {row['mae']:.4f}")
         model_meta[name] = {"command": command, "date": utc_now(), "seeds": None,
@@ -252,7 +253,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
                  f"{ck['dims'].as_dict()}); one window per utterance (whole transcript + whole audio)"),
         "utterances": len(refs), "asr": args.asr, "wer": float(w_plain), "wer_normalise": float(w_norm),
         "gapped_word_gap_10ms": GAPPED_WORD_GAP,
-        "wer_gapped": float(plain_wer(refs, gapped["hyps"])) if gapped else None,
+        "wer_gapped": None if w_gapped is None else float(w_gapped),
         "wer_note": "wer: lower case, apostrophes and punctuation dropped on both sides (the MOSI "
                     "reference transcripts have no apostrophes), 0-10 as words; wer_normalise: the "
                     "perception bench's normalise() (contractions expanded: penalises THERES vs there's)",

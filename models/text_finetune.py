@@ -261,10 +261,11 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
         select_path = fdir / "select.safetensors"
         select_sha = save_finetune(res.encoder, res.trained_prefixes, select_path, {"selected": True, "key": key})
         both = train_sets + list(valid_sets.values())
+        both_rows = sum(len(x.texts) for x in both)
         if progress:
-            log.info("refit on train + valid: %d texts, %d epochs", sum(len(x.texts) for x in both), res.best_epoch)
+            log.info("refit on train + valid: %d texts, %d epochs", both_rows, res.best_epoch)
         shipped = finetune_text_encoder(both, {}, {"ref": te}, cfg, progress=progress, stop_after=res.best_epoch)
-        refit_meta = {"enabled": True, "epochs": res.best_epoch, "rows": sum(len(x.texts) for x in both),
+        refit_meta = {"enabled": True, "epochs": res.best_epoch, "rows": both_rows,
                       "rule": ("epoch count chosen on std-valid by the train-only run; the shipped layers are "
                                "that recipe retrained on train + valid (+ ASR copies) for that many epochs "
                                "of the same LR schedule; valid figures are the selected run's"),
