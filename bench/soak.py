@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,52 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sentistream.bench.procs import descendants, memory_kb, stage_name
+
 RESULTS = Path(__file__).resolve().parent / "results"
 # A slope below these counts as flat (no growth); a falling slope (memory returned after the
 # warm-up peak, latency settling) is not a leak.
 FLAT_RSS_MB_PER_MIN = 1.0
 FLAT_LATENCY_MS_PER_MIN = 5.0
-
-
-def _proc_tree(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out, frontier = [root], [root]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        out += kids
-        frontier += kids
-    return out
-
-
-def _name(pid: int, root: int) -> str:
-    if pid == root:
-        return "supervisor"
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
-    m = re.search(r'"name": "([^"]+)"', cmd)
-    return m.group(1) if m else ""
-
-
-def _status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0])
-    except OSError:
-        pass
-    return out
 
 
 def _slope(xs: list[float], ys: list[float]) -> float | None:
@@ -103,9 +62,9 @@ def run_soak(minutes: float, interval_s: float, config: str | None, log) -> dict
                 now = time.monotonic()
                 if t_first_event is None and jsonl.exists() and jsonl.stat().st_size > 0:
                     t_first_event = now
-                for pid in _proc_tree(proc.pid):
-                    name = _name(pid, proc.pid)
-                    st = _status(pid)
+                for pid in [proc.pid, *descendants(proc.pid)]:
+                    name = "supervisor" if pid == proc.pid else stage_name(pid)
+                    st = memory_kb(pid)
                     if name and "VmRSS" in st:
                         samples.append({"t": now, "name": name, "pid": pid, "rss_kb": st["VmRSS"]})
                         peaks[name] = max(peaks.get(name, 0), st.get("VmHWM", 0))

@@ -10,38 +10,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import zmq
 
-from conftest import children_of, read_jsonl, sentistream_cmd
+from conftest import interrupt_and_reap, read_jsonl, sentistream_cmd
+from sentistream.bench.procs import cmdline, descendants, memory_kb, stage_name
 from sentistream.engine.messages import decode, now_ns
 from sentistream.engine.supervisor import free_tcp_port
 
 STALL_S = float(os.environ.get("SENTISTREAM_STALL_S", "60"))
-
-
-def _status_kb(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _stage_name(pid: int) -> str:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return "?"
-    m = re.search(r'"name": "([^"]+)"', cmd)
-    return m.group(1) if m else "supervisor"
 
 
 def _drain(sock: zmq.Socket) -> list:
@@ -69,10 +49,10 @@ def test_stalled_subscribers_leave_memory_bounded_and_get_fresh_data(tmp_path, a
         while time.monotonic() < deadline and (not out.exists() or len(read_jsonl(out)) < 4):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             time.sleep(0.2)
-        tree = {pid: ("supervisor" if pid == proc.pid else _stage_name(pid)) for pid in [proc.pid, *children_of(proc.pid)]}
+        tree = {pid: ("supervisor" if pid == proc.pid else stage_name(pid) or "?") for pid in [proc.pid, *descendants(proc.pid)]}
         media_pid = next(p for p, n in tree.items() if n == "media")
         media_out = re.search(r'"output_address": "([^"]+)"',
-                              Path(f"/proc/{media_pid}/cmdline").read_bytes().decode()).group(1)
+                              cmdline(media_pid)).group(1)
         # Two subscribers that will not read: default receive queues (1000 messages; the video
         # one is kept small only so that the test process itself stays small).
         ev = ctx.socket(zmq.SUB)
@@ -90,12 +70,12 @@ def test_stalled_subscribers_leave_memory_bounded_and_get_fresh_data(tmp_path, a
         while time.monotonic() - t_start < STALL_S:
             assert proc.poll() is None, "the engine stopped while a subscriber stalled"
             for pid, name in tree.items():
-                rss = _status_kb(pid, "VmRSS")
+                rss = memory_kb(pid).get("VmRSS")
                 if rss is not None:
                     samples[name].append((time.monotonic() - t_start, rss))
             time.sleep(2.0)
         n1 = len(read_jsonl(out))
-        peaks = {name: _status_kb(pid, "VmHWM") for pid, name in tree.items()}
+        peaks = {name: memory_kb(pid).get("VmHWM") for pid, name in tree.items()}
         # Resume: what queued while stalled is stale (and bounded); what follows is fresh.
         stale_events = _drain(ev)
         stale_media = _drain(media)
@@ -106,13 +86,7 @@ def test_stalled_subscribers_leave_memory_bounded_and_get_fresh_data(tmp_path, a
     finally:
         for s in socks:
             s.close(linger=0)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt_and_reap(proc)
     report = {
         "stall_s": STALL_S,
         "events_written_during_stall": n1 - n0,

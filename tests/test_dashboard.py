@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zmq
-from conftest import sentistream_cmd
+from conftest import interrupt_and_reap, sentistream_cmd
 from sentistream.engine.dashboard import (
     DashboardBridge,
     parse_listen,
@@ -215,13 +215,7 @@ def engine(tmp_path_factory):
     try:
         yield info
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt_and_reap(proc)
         info.returncode = proc.returncode
 
 

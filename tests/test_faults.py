@@ -18,12 +18,12 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import zmq
 
-from conftest import children_of, read_jsonl, sentistream_cmd
+from conftest import read_jsonl, sentistream_cmd
+from sentistream.bench.procs import stage_pids
 from sentistream.engine.config import load_config
 from sentistream.engine.messages import MessageError, decode
 from sentistream.engine.supervisor import Supervisor
@@ -32,18 +32,6 @@ from sentistream.pipelines.standard import standard_pipeline
 
 KILL_ORDER = ["media", "face", "audio_features", "asr", "fusion", "sink"]
 RESPAWN_LIMIT_S = 1.0
-
-
-def _stage_pids(supervisor_pid: int, stage: str) -> list[int]:
-    out = []
-    for pid in children_of(supervisor_pid):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if f'"name": "{stage}"' in cmd:
-            out.append(pid)
-    return out
 
 
 class _Lines:
@@ -89,14 +77,14 @@ def test_sigkill_each_stage_restarts_within_1s_and_events_resume(tmp_path, artif
             time.sleep(0.2)
         assert len(read_jsonl(out)) >= 8, "no events before the first kill"
         for stage in KILL_ORDER:
-            (victim,) = _stage_pids(proc.pid, stage)
+            (victim,) = stage_pids(proc.pid, stage)
             mark = len(err.lines)
             t_kill = time.monotonic_ns()
             os.kill(victim, signal.SIGKILL)
             # Seen from outside: a new process for the stage appears.
             seen = None
             while seen is None and time.monotonic_ns() - t_kill < 10e9:
-                if [p for p in _stage_pids(proc.pid, stage) if p != victim]:
+                if [p for p in stage_pids(proc.pid, stage) if p != victim]:
                     seen = (time.monotonic_ns() - t_kill) / 1e9
                 else:
                     time.sleep(0.01)

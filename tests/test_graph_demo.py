@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import children_of, pid_alive, read_jsonl, sentistream_cmd
+from conftest import read_jsonl, sentistream_cmd
+from sentistream.bench.procs import descendants, pid_alive, stage_pids
 
 HOP = 0.25
 
@@ -149,16 +150,9 @@ def test_sigkill_a_stage_restarts_it_and_events_resume(tmp_path):
 
 
 def _stage_pid(supervisor_pid: int, stage: str) -> int:
-    from pathlib import Path
-
-    for pid in children_of(supervisor_pid):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if f'"name": "{stage}"' in cmd:
-            return pid
-    raise AssertionError(f"no process for stage {stage}")
+    pids = stage_pids(supervisor_pid, stage)
+    assert pids, f"no process for stage {stage}"
+    return pids[0]
 
 
 def test_ctrl_c_leaves_no_process_behind(tmp_path):
@@ -176,7 +170,7 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and (not out.exists() or len(read_jsonl(out)) < 4):
             time.sleep(0.2)
-        kids = children_of(proc.pid)
+        kids = descendants(proc.pid)
         assert len(kids) >= 6, kids  # media, face, audio_features, asr, fusion, sink
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=30)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import stat
 import subprocess
 import time
@@ -20,7 +19,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import REPO, children_of, read_jsonl, sentistream_cmd
+from conftest import REPO, interrupt_and_reap, read_jsonl, sentistream_cmd
+from sentistream.bench.procs import cmdline, descendants, stage_pids
 from sentistream.engine.config import ConfigError, load_config
 from sentistream.engine.messages import decode
 from sentistream.engine.security import is_local_address, is_loopback_host
@@ -174,13 +174,13 @@ def test_curve_run_refuses_peers_without_the_right_keys(tmp_path, keys_dir):
             time.sleep(0.2)
         assert len(read_jsonl(out)) >= 4, "the CURVE graph produced no events"
         # every listening socket of the whole process tree is on 127.0.0.1
-        tree = [proc.pid, *children_of(proc.pid)]
+        tree = [proc.pid, *descendants(proc.pid)]
         listening = _listening_addresses(tree)
         assert len(listening) >= 8, listening  # control, command, 5 stage outputs, events
         assert set(listening) == {"127.0.0.1"}, listening
         # the media stage's output address, from its command line
-        media = [p for p in tree if '"name": "media"' in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
-        media_out = re.search(r'"output_address": "([^"]+)"', Path(f"/proc/{media[0]}/cmdline").read_bytes().decode()).group(1)
+        (media,) = stage_pids(proc.pid, "media")
+        media_out = re.search(r'"output_address": "([^"]+)"', cmdline(media)).group(1)
         server_public, _ = zmq.auth.load_certificate(str(keys_dir / "server.key"))
         client_public, client_secret = zmq.auth.load_certificate(str(keys_dir / "client.key_secret"))
         stranger_public, stranger_secret = zmq.curve_keypair()  # a valid key pair the engine does not admit
@@ -201,13 +201,7 @@ def test_curve_run_refuses_peers_without_the_right_keys(tmp_path, keys_dir):
     finally:
         for s in socks:
             s.close(linger=0)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        interrupt_and_reap(proc)
     assert got["plain"] == got["plain_media"] == 0, got
     assert got["unknown_client_key"] == 0 and got["wrong_server_key"] == 0, got
     assert got["admitted"] >= 8 and got["admitted_media"] >= 20, got  # 4 events/s, 10 audio chunks/s
