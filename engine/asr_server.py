@@ -37,7 +37,8 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
-from sentistream.engine.fusion_server import _is_loopback, bind_router, send_before, serve_until_stopped
+from sentistream.engine.fusion_server import bind_router, send_before, serve_until_stopped
+from sentistream.engine.security import is_local_address
 from sentistream.engine.messages import Message, MessageError, decode, encode, now_ns
 
 log = logging.getLogger("sentistream.asr_server")
@@ -146,7 +147,7 @@ class WhisperServer:
                  allow_remote: bool = False, model=None, context: Optional[zmq.Context] = None):
         from sentistream.perception.asr import AsrOptions, default_model_dir, load_whisper, resolve_device
 
-        if not allow_remote and not _is_loopback(address):
+        if not allow_remote and not is_local_address(address):
             raise ValueError(f"refusing to bind {address}: requests are not authenticated; bind a "
                              "loopback address (tcp://127.0.0.1:PORT) or pass --allow-remote")
         self.options = options or AsrOptions()

@@ -32,7 +32,6 @@ Security: the server binds 127.0.0.1 by default and refuses any other interface 
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import itertools
 import logging
 import os
@@ -47,6 +46,7 @@ import zmq
 
 from sentistream.engine import messages
 from sentistream.engine.messages import Message, MessageError, decode, encode, now_ns
+from sentistream.engine.security import is_local_address
 
 log = logging.getLogger("sentistream.fusion_server")
 
@@ -92,20 +92,6 @@ def arrays_to_inputs(arrays: list[np.ndarray], dims: tuple[int, int, int], max_b
     # np.frombuffer views are read-only; torch wants writable memory
     t = [torch.from_numpy(np.array(a, copy=True)) for a in arrays]
     return FusionInputs(*t)
-
-
-def _is_loopback(address: str) -> bool:
-    if address.startswith(("ipc://", "inproc://")):
-        return True
-    if not address.startswith("tcp://"):
-        return False
-    host = address[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_router(ctx: zmq.Context, address: str, hwm: int = 10_000) -> tuple[zmq.Socket, str]:
@@ -199,7 +185,7 @@ class FusionServer:
     def __init__(self, backend, model_info: dict[str, Any], address: str = DEFAULT_ADDRESS,
                  max_batch: int = 64, max_queue_delay_us: int = 2000, max_queue_per_session: int = 64,
                  allow_remote: bool = False, plan=None, context: Optional[zmq.Context] = None):
-        if not allow_remote and not _is_loopback(address):
+        if not allow_remote and not is_local_address(address):
             raise ValueError(f"refusing to bind {address}: requests are not authenticated; bind a "
                              "loopback address (tcp://127.0.0.1:PORT) or pass --allow-remote")
         self.backend = backend

@@ -103,3 +103,12 @@ def test_unreachable_server_skips_the_decode_not_the_session(tmp_path):
     t = time.monotonic()
     upd = rec.finish()
     assert upd.committed == [] and time.monotonic() - t < 5
+
+
+@pytest.mark.parametrize("address", ["tcp://0.0.0.0:0", "tcp://*:0", "tcp://127.0.0.1;0.0.0.0:0"])
+def test_binding_beyond_loopback_needs_allow_remote(address):
+    """Checked before the model loads, so a refused bind costs nothing."""
+    from sentistream.engine.asr_server import WhisperServer
+
+    with pytest.raises(ValueError, match="allow-remote"):
+        WhisperServer(address=address)

@@ -165,9 +165,10 @@ def test_malformed_and_invalid_requests_get_errors_and_the_server_goes_on(model)
         server.close()
 
 
-def test_binding_beyond_loopback_needs_allow_remote(model):
+@pytest.mark.parametrize("address", ["tcp://0.0.0.0:0", "tcp://*:0", "tcp://127.0.0.1;0.0.0.0:0"])
+def test_binding_beyond_loopback_needs_allow_remote(model, address):
     with pytest.raises(ValueError, match="allow-remote"):
-        FusionServer(EagerBackend(model), _info(model), "tcp://0.0.0.0:0")
+        FusionServer(EagerBackend(model), _info(model), address)
 
 
 def test_unreachable_server_is_a_clear_error():
