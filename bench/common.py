@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -21,6 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 
 VERSION_PACKAGES = ("torch", "onnxruntime", "onnx", "numpy", "pyzmq", "faster-whisper", "ctranslate2",
                     "transformers", "mediapipe", "torch-tensorrt", "tensorrt")
+
+
+def show_bench_progress() -> None:
+    """INFO lines from sentistream.bench (a benchmark's progress), also when it is called directly
+    rather than through the CLI, which sets up logging itself."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("sentistream.bench").setLevel(logging.INFO)
 
 
 def cpu_name() -> str:

@@ -43,7 +43,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sentistream.bench.common import (RESULTS, command_line, device_tag, stamp, summary,
+from sentistream.bench.common import (RESULTS, command_line, device_tag, show_bench_progress, stamp, summary,
                                       write_json)
 
 log = logging.getLogger("sentistream.bench.latency")
@@ -538,9 +538,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("sentistream.bench").setLevel(logging.INFO)
+    show_bench_progress()
     res = run(args)
     print(json.dumps({k: v for k, v in res.items() if k.endswith(("_ms", "_per_s"))}, indent=2))
     return 0

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sentistream.bench.common import RESULTS, command_line, device_tag, stamp, summary, write_json
+from sentistream.bench.common import RESULTS, command_line, device_tag, show_bench_progress, stamp, summary, write_json
 
 log = logging.getLogger("sentistream.bench.throughput")
 
@@ -294,9 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("sentistream.bench").setLevel(logging.INFO)
+    show_bench_progress()
     res = run(args)
     print(json.dumps({"live_sessions_within_p95": res["live_sessions_within_p95"],
                       "budget_ms": args.budget_ms}, indent=2))
