@@ -63,6 +63,10 @@ class SourceConfig:
     camera_index: int = 0
     microphone: str = ""  # "" = no microphone, "default" or a sounddevice name/index
     pace: str = "realtime"  # "realtime" | "fast" (files only)
+    # pace = "fast": the file source runs at most this far (s of media) ahead of the newest event,
+    # so no stage falls behind far enough to drop input, and the recogniser has the audio it
+    # needs to commit the words of the window being cut.
+    fast_lead_s: float = 6.0
     loop: bool = False  # replay a file from the start when it ends
     duration_s: float = 0.0  # 0 = until the media ends (or Ctrl-C for live sources)
     width: int = 640
@@ -154,6 +158,8 @@ class EngineConfig:
             raise ConfigError(f"source.kind must be demo, file, webcam or none, not {self.source.kind!r}")
         if self.source.pace not in ("realtime", "fast"):
             raise ConfigError(f"source.pace must be 'realtime' or 'fast', not {self.source.pace!r}")
+        if not self.source.fast_lead_s > 0:
+            raise ConfigError(f"source.fast_lead_s must be > 0, not {self.source.fast_lead_s!r}")
         if self.source.sample_rate != 16000:
             raise ConfigError("source.sample_rate: the ASR and feature stages expect 16000 Hz")
         extractor = getattr(self.audio_features, "extractor", "builtin")

@@ -144,6 +144,11 @@ class Stage:
         return {}
 
     @property
+    def paced_by_events(self) -> bool:
+        """A source that subscribes to the fusion events and waits for them (FileSource, fast pace)."""
+        return self.spec.is_source and "events" in self.spec.inputs
+
+    @property
     def output_streams(self) -> list[str]:
         return list(self.params.get("outputs", []))
 
@@ -259,7 +264,9 @@ class Stage:
             # A PUB that carries conflated video (media: video + audio) queues at most video_hwm
             # messages per subscriber, so one that stops reading cannot make this process hold
             # hundreds of frames; live consumers still have their own receive queues (RCVHWM).
-            video_out = "video" in self.output_streams and tcfg.conflate_video
+            # A source paced by the events it causes (a --pace fast replay) bounds what is in
+            # flight itself, and its audio shares this socket: it queues `hwm`, so none is dropped.
+            video_out = "video" in self.output_streams and tcfg.conflate_video and not self.paced_by_events
             self.pub.setsockopt(zmq.SNDHWM, tcfg.video_hwm if video_out else tcfg.hwm)
             self.pub.setsockopt(zmq.LINGER, 500)
             self.pub.bind(self.spec.output_address)

@@ -173,3 +173,51 @@ class FrameTrigger:
             self.last_t1 = clock
             return clock
         return None
+
+
+class CompleteClock:
+    """How far a fast replay may cut windows (fusion's ``complete_windows``): up to the slowest
+    live input's progress, i.e. the media time before which it has delivered everything it
+    will (for the words: the recogniser's ``final_through_s``).
+
+    An input that is waited for and has sent nothing for ``stall_s`` wall seconds (a
+    recogniser that needs audio the source is holding back goes quiet; one that is merely
+    slow still reports each decode) stops holding windows up until it moves again: ``clock``
+    then returns the newest time and the names of the stalled inputs.
+    """
+
+    def __init__(self, inputs: set[str] | list[str], stall_s: float):
+        self.inputs = set(inputs)
+        self.stall_s = stall_s
+        self.progress: dict[str, float] = {}
+        self.ended: set[str] = set()
+        self._slowest = 0.0  # the slowest input's progress at the last clock()
+        self._heard: float | None = None  # wall time the slowest input last moved or spoke
+
+    def advance(self, stream: str, t: float, now: float) -> None:
+        """stream has delivered everything up to media time t (a message arrived at wall time now)."""
+        if self.progress.get(stream, 0.0) <= self._slowest + 1e-9:
+            self._heard = now  # the input being waited for is alive, even if it did not move
+        self.progress[stream] = max(self.progress.get(stream, 0.0), float(t))
+
+    def end(self, stream: str) -> None:
+        self.ended.add(stream)
+
+    def reopen(self) -> None:
+        """A new pass (a looped or restarted source): every input is live again."""
+        self.ended.clear()
+
+    @property
+    def slowest(self) -> float:
+        return self._slowest
+
+    def clock(self, newest: float, now: float) -> tuple[float, list[str]]:
+        """(how far windows may be cut, the inputs that stalled: [] while none has)."""
+        waiting = {s: self.progress.get(s, 0.0) for s in self.inputs if s not in self.ended}
+        slowest = min(waiting.values(), default=newest)
+        if self._heard is None or slowest > self._slowest + 1e-9 or slowest >= newest:
+            self._slowest, self._heard = slowest, now
+            return min(slowest, newest), []
+        if now - self._heard > self.stall_s:
+            return newest, sorted(s for s, t in waiting.items() if t <= slowest)
+        return slowest, []

@@ -94,6 +94,9 @@ class AsrUpdate:
     decode_ms: float = 0.0  # wall time of this step (VAD + Whisper)
     decoded: bool = False  # False: nothing was run; keep showing the previous partial
     audio_end_s: float = 0.0  # stream time of the end of the audio this step saw
+    # Stream time before which no word will be committed any more (what is still open starts
+    # after it): a consumer that must not miss words waits for this to pass a window's end.
+    final_through_s: float = 0.0
 
 
 def default_model_dir() -> str:
@@ -335,6 +338,7 @@ class StreamingRecognizer:
         self._force_next = False  # decode next step even without new audio
         self._warned_backlog = False
         self._last_word: _HypWord | None = None  # last word ever committed (keeps output in order)
+        self._final_through = 0  # absolute sample before which nothing more will be committed
 
     def _reset_utterance(self) -> None:
         self._utt_committed: list[_HypWord] = []  # committed words of the open utterance
@@ -450,18 +454,27 @@ class StreamingRecognizer:
         speech = self._speech(audio)
         if not speech:
             upd = self._no_speech(start, audio.size, final)
+            through = total if final else self._buf_start  # what _no_speech kept may hold speech
         else:
             closed = speech if final else [s for s in speech if s[1] < audio.size]
             if closed:
                 upd = self._final_decode(audio, start, closed[0][0], closed[-1][1])
                 if final:
                     self._trim_to(total)
+                    through = total
                 elif len(closed) < len(speech):
                     self._force_next = True  # the next utterance has begun: decode it next
+                    through = start + speech[len(closed)][0]
+                else:
+                    through = start + closed[-1][1]
             elif audio.size - speech[0][0] < min_new:
                 return AsrUpdate(audio_end_s=audio_end_s)  # speech has only just begun
             else:
                 upd = self._partial_decode(audio, start, speech[0][0])
+                through = max(self._committed_end, start + speech[0][0])
+        with self._lock:
+            self._final_through = max(self._final_through, int(through))
+            upd.final_through_s = self._time_at(self._final_through)
         upd.decoded = True
         upd.audio_end_s = audio_end_s
         upd.decode_ms = (time.perf_counter() - t_start) * 1000.0

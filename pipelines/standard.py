@@ -4,6 +4,8 @@
             │                                          ▼
     media file / mic ──audio──▶ audio_features ──audio_feat──▶ fusion ──events──▶ sink
                           └───▶ asr ──words────────────┘           └──▶ PUB for agents / dashboard
+
+With ``source.pace = "fast"`` the media stage also reads the events (flow control, see FileSource).
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ def standard_pipeline(config: EngineConfig) -> Pipeline:
     src = config.source
     stages: list[StageDef] = []
     has_video = has_audio = False
+    # A fast file replay runs as fast as its slowest stage: the source reads the events it causes
+    # and stays a few seconds ahead of them, and fusion cuts a window once every input is past it.
+    fast_replay = src.kind in ("demo", "file") and src.pace == "fast"
     if src.kind in ("demo", "file"):
-        stages.append(StageDef("media", "file_source", outputs=("video", "audio"), is_source=True))
+        stages.append(StageDef("media", "file_source", inputs=("events",) if fast_replay else (),
+                               outputs=("video", "audio"), is_source=True))
         has_video = has_audio = True
     else:
         if src.kind == "webcam":
@@ -37,7 +43,8 @@ def standard_pipeline(config: EngineConfig) -> Pipeline:
         stages.append(StageDef("asr", "asr", inputs=("audio",), outputs=("words",),
                                params={"nice": config.supervisor.asr_nice}))
         fusion_inputs += ["audio_feat", "words"]
-    stages.append(StageDef("fusion", "fusion", inputs=tuple(fusion_inputs), outputs=("events",)))
+    stages.append(StageDef("fusion", "fusion", inputs=tuple(fusion_inputs), outputs=("events",),
+                           params={"complete_windows": True} if fast_replay else {}))
     stages.append(StageDef("sink", "sink", inputs=("events",)))
     pipeline = Pipeline("standard", tuple(stages))
     pipeline.validate()

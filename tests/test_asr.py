@@ -123,6 +123,28 @@ def test_streaming_three_sentences(model, speech):
     assert any(u.partial for u in updates)
 
 
+def test_final_through_is_a_watermark_for_committed_words(model, speech):
+    """No word is committed before a final_through_s reported earlier; it never passes the audio
+    heard, never goes back, and reaches the end of the stream at finish()."""
+    audio, _ = speech
+    t0 = 50.0
+    rec = StreamingRecognizer(AsrOptions(), model)
+    words, updates, _ = feed(rec, audio, t0, step_every_s=0.5)
+    decoded = [u for u in updates if u.decoded]
+    assert len(decoded) >= 8
+    throughs = [u.final_through_s for u in decoded]
+    assert throughs == sorted(throughs), throughs
+    assert all(t0 - 1e-6 <= u.final_through_s <= u.audio_end_s + 1e-6 for u in decoded)
+    assert throughs[-1] == pytest.approx(t0 + audio.size / SR, abs=0.01)  # finish() closes everything
+    assert len(set(throughs)) >= 4  # it moves during the stream, not only at the end
+    through = t0
+    for u in updates:
+        for w in u.committed:
+            assert w.end_s > through - 0.05, (w, through)  # committed after the watermark passed it? never
+        if u.decoded:
+            through = u.final_through_s
+
+
 def test_batch_file(model, speech):
     _, path = speech
     words = transcribe_file_batch(path, AsrOptions(), model)

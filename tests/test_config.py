@@ -40,6 +40,8 @@ def test_bad_values_refused():
         config_from_dict({"transport": {"transport": "udp"}})
     with pytest.raises(ConfigError, match="window.trigger"):
         config_from_dict({"window": {"trigger": "every_frame"}})
+    with pytest.raises(ConfigError, match="source.fast_lead_s"):
+        config_from_dict({"source": {"fast_lead_s": 0.0}})
 
 
 def test_bundled_profile_loads_by_name_and_layers_over_the_defaults():

@@ -1,11 +1,11 @@
-"""Window cutting, pure (no sockets): the clock grid and the frame trigger."""
+"""Window cutting, pure (no sockets): the clock grid, the frame trigger and the complete clock."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sentistream.engine.windowing import FrameTrigger, WindowBuffer
+from sentistream.engine.windowing import CompleteClock, FrameTrigger, WindowBuffer
 
 FPS = 15.0
 
@@ -68,3 +68,42 @@ def test_closing_window_covers_data_after_the_last_window_only():
     trig.on_input("face_features", 2.0)
     assert trig.closing(2.0) is None
     assert trig.closing(2.3) == 2.3
+
+
+def test_complete_clock_waits_for_the_slowest_live_input():
+    c = CompleteClock({"face", "audio_feat", "words"}, stall_s=2.0)
+    assert c.clock(0.0, now=0.0) == (0.0, [])
+    c.advance("face", 5.0, now=0.1)
+    c.advance("audio_feat", 4.0, now=0.1)
+    assert c.clock(5.0, now=0.1) == (0.0, [])  # no words yet
+    c.advance("words", 3.0, now=0.2)
+    assert c.clock(5.0, now=0.2) == (3.0, [])
+    c.advance("words", 2.0, now=0.3)  # progress never goes back
+    assert c.clock(5.0, now=0.3) == (3.0, [])
+    c.end("words")  # an ended input holds nothing up
+    assert c.clock(5.0, now=0.4) == (4.0, [])
+    c.end("face")
+    c.end("audio_feat")
+    assert c.clock(5.0, now=0.5) == (5.0, [])
+    c.reopen()
+    assert c.clock(5.0, now=0.6) == (3.0, [])
+
+
+def test_complete_clock_stops_waiting_for_a_silent_input_until_it_moves():
+    c = CompleteClock({"audio_feat", "words"}, stall_s=2.0)
+    c.advance("audio_feat", 6.0, now=10.0)
+    c.advance("words", 1.5, now=10.0)
+    assert c.clock(6.0, now=10.0) == (1.5, [])
+    c.advance("words", 1.5, now=11.5)  # a decode that committed nothing: slow, not stalled
+    assert c.clock(6.0, now=13.0) == (1.5, [])
+    c.advance("audio_feat", 6.5, now=13.0)  # others speaking does not count for it
+    assert c.clock(6.5, now=13.4) == (1.5, [])
+    assert c.clock(6.5, now=13.6) == (6.5, ["words"])  # 2 s without a word from it: cut on the newest
+    c.advance("words", 4.0, now=14.0)  # it moves again: waiting resumes (windows already cut stay cut)
+    assert c.clock(6.5, now=14.0) == (4.0, [])
+    assert c.clock(6.5, now=15.0) == (4.0, [])
+    c.advance("words", 7.0, now=15.5)
+    c.advance("audio_feat", 7.5, now=15.5)
+    assert c.clock(7.5, now=15.5) == (7.0, [])
+    c.end("words")
+    assert c.clock(7.5, now=30.0) == (7.5, [])  # only audio_feat left, and it is the newest

@@ -89,6 +89,7 @@ class AsrStage(Stage):
                     "committed": committed,
                     "partial": partial,
                     "utterance_end": bool(update.utterance_end),
+                    "final_through_s": float(update.final_through_s),
                     "decode_ms": float(update.decode_ms),
                 },
                 trace={k: v for k, v in self._last_trace.items() if k != self.name},

@@ -7,22 +7,31 @@ there is cut and scored (one event per hop, on a fixed grid of stream time).
 ``"frame"``: a window ends at each face frame as it arrives, at most one per
 ``hop_s`` (windowing.FrameTrigger), so a frame is scored without waiting for a
 grid point: the low-latency profile (configs/low_latency.toml).
+
+Stage param ``complete_windows`` (a file replayed with ``--pace fast``, clock mode): the clock
+is the *slowest* live input instead of the newest, and for the words it is the recogniser's
+``final_through_s``, so a window is cut only once every input has delivered all it will for
+it: the transcript is in the window its words were spoken in, not late as at real-time pace.
+An input that makes no progress for ``COMPLETE_STALL_S`` (a recogniser waiting for audio the
+source holds back) no longer holds windows up: they are cut as they are due, and counted.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 
 from sentistream.engine.messages import Message, now_ns
 from sentistream.engine.stage import FatalStageError, Stage
-from sentistream.engine.windowing import FrameTrigger, WindowBuffer, WordSpan
+from sentistream.engine.windowing import CompleteClock, FrameTrigger, WindowBuffer, WordSpan
 from sentistream.perception.text import BackgroundTextEncoder
 
 log = logging.getLogger("sentistream.fusion")
 
 EVENT_SCHEMA = "sentistream.event/1"
 STREAM_KIND = {"face": "face_features", "audio_feat": "audio_features", "words": "words"}
+COMPLETE_STALL_S = 2.0  # wall seconds without progress before complete windows stop waiting
 
 
 def _ms(a_ns: int, b_ns: int) -> float:
@@ -58,6 +67,10 @@ class FusionStage(Stage):
             raise FatalStageError(f"fusion: {exc}") from None
         self.model.warm_up()
         self.expected_inputs = set(self.params.get("expected_inputs", []))
+        self.complete = bool(self.params.get("complete_windows")) and self.trigger is None
+        self.complete_clock = CompleteClock(self.expected_inputs, COMPLETE_STALL_S)
+        self._stall_logged = False
+        self.stalled_windows = 0  # complete mode: windows cut before a stalled input caught up
         self.ended: set[str] = set()
         self.lost: dict[str, str] = {}  # modality -> why its input ended (e.g. device_lost)
         self.clock = 0.0
@@ -83,6 +96,9 @@ class FusionStage(Stage):
             self.buffer.add_audio(msg.arrays[1], msg.arrays[0])
             self.clock = max(self.clock, msg.t_media_s)
         elif msg.kind == "words":
+            through = msg.meta.get("final_through_s", msg.t_media_s)
+            if isinstance(through, (int, float)) and math.isfinite(through):
+                self.complete_clock.advance("words", through, time.monotonic())
             committed = [_word(w) for w in msg.meta.get("committed", [])]
             partial = [_word(w) for w in msg.meta.get("partial", [])]
             committed = [w for w in committed if w]
@@ -92,6 +108,8 @@ class FusionStage(Stage):
                 self.clock = max(self.clock, msg.t_media_s)
         else:
             return
+        if msg.kind != "words":
+            self.complete_clock.advance(msg.stream, msg.t_media_s, time.monotonic())
         self.latest[msg.stream] = (msg, arrived)
         if self.trigger is None:
             self._emit_due()
@@ -109,6 +127,7 @@ class FusionStage(Stage):
                 log.error("fusion: %s input ended (%s); it is masked from now on", modality, reason)
             self.lost[modality] = str(reason)
         self.ended.add(msg.stream)
+        self.complete_clock.end(msg.stream)
         if self.trigger is not None:
             self.trigger.end(STREAM_KIND.get(msg.stream, msg.stream))
         self.clock = max(self.clock, msg.t_media_s)
@@ -128,13 +147,33 @@ class FusionStage(Stage):
                 self._emit(self.last_t1, final=True)
             self.publish_eos(self.clock)
             self.ended.clear()
+            self.complete_clock.reopen()
             if self.trigger is not None:
                 self.trigger.ended.clear()
 
+    def on_idle(self) -> None:
+        if self.complete and self.latest:
+            self._emit_due()  # a stalled input's grace period may have run out
+
+    def stats_extra(self) -> dict:
+        return {"stalled_windows": self.stalled_windows} if self.complete else {}
+
     # ---- output ------------------------------------------------------------
     def _emit_due(self, final: bool = False) -> None:
-        clock = self.clock + (self.buffer.hop_s * 0.5 if final else 0.0)
-        for t1 in self.buffer.due_windows(clock):
+        clock, stalled = self.clock, []
+        if self.complete:
+            clock, stalled = self.complete_clock.clock(self.clock, time.monotonic())
+        due = self.buffer.due_windows(clock + (self.buffer.hop_s * 0.5 if final else 0.0))
+        if stalled and due:
+            if not self._stall_logged:  # once per stall
+                self._stall_logged = True
+                log.warning("fusion: %s made no progress for %.0f s (stuck at %.2f s of stream time): "
+                            "windows are cut without waiting for it until it moves (stats: stalled_windows)",
+                            ", ".join(stalled), COMPLETE_STALL_S, self.complete_clock.slowest)
+            self.stalled_windows += len(due)
+        elif not stalled:
+            self._stall_logged = False
+        for t1 in due:
             self._emit(t1)
         self.buffer.prune(self.buffer.next_t1 - self.buffer.length_s - 1.0)
 

@@ -27,7 +27,11 @@ def demo_clip_path() -> Path:
 class FileSource(Stage):
     """Replays a media file (video + audio track) at real-time pace or as fast as possible.
 
-    Decoding is `perception.media.iter_media`, the same code `extract` uses.
+    Decoding is `perception.media.iter_media`, the same code `extract` uses. At ``pace =
+    "fast"`` the pipeline also subscribes this stage to the fusion events: it stays at most
+    ``source.fast_lead_s`` of media ahead of the newest event's window end, so the graph runs
+    as fast as its slowest stage and no stage is overrun; a track the file lacks is ended at
+    once, so that fusion (``complete_windows``) does not wait for it.
     """
 
     def setup(self) -> None:
@@ -44,6 +48,8 @@ class FileSource(Stage):
         if not (info.has_video or info.has_audio):
             raise FatalStageError(f"media file {self.path} has neither a video nor an audio track")
         self.declared_s = info.duration_s
+        self.tracks = {"video": info.has_video, "audio": info.has_audio}
+        self.events_t: float | None = None  # newest event window end (pace = "fast")
         self.media_pos = float(self.params.get("resume_from_s", 0.0))
         if not self.params.get("resume_from_s"):
             self._check_decodable()
@@ -70,6 +76,8 @@ class FileSource(Stage):
 
     def _pace(self, t_media: float) -> None:
         if self.config.source.pace != "realtime":
+            if self.paced_by_events:
+                self._hold_for_events(t_media)
             return
         assert self.t0_ns is not None
         while not self.stopping:
@@ -79,10 +87,29 @@ class FileSource(Stage):
             time.sleep(min(wait, 0.05))
             self.service()
 
+    def _read_events(self, timeout_ms: int) -> None:
+        for msg in self._receive_batch(timeout_ms):
+            if msg.kind == "event":
+                self.events_t = max(self.events_t or 0.0, msg.t_media_s)
+
+    def _hold_for_events(self, t_media: float) -> None:
+        """Wait until the newest event is within fast_lead_s of t_media (reading them as they come,
+        so they never queue up here)."""
+        lead = self.config.source.fast_lead_s
+        if self.events_t is None:
+            self.events_t = t_media  # the first lead is free (also for a source resumed mid-file)
+        self._read_events(0)
+        while not self.stopping and t_media - self.events_t > lead:
+            self._read_events(50)
+            self.service()
+
     def produce(self) -> None:
         src = self.config.source
         duration = src.duration_s if src.duration_s > 0 else float("inf")
         offset = 0.0
+        missing = [s for s in self.output_streams if not self.tracks.get(s, True)]
+        if self.paced_by_events and missing and not self.params.get("resume_from_s"):
+            self.publish_eos(self.media_pos, streams=missing)
         while not self.stopping:
             length = self._play_once(offset, duration)
             if offset == 0.0 and not self.stopping:
