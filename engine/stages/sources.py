@@ -19,6 +19,10 @@ from sentistream.engine.stage import FatalStageError, Stage
 
 log = logging.getLogger("sentistream.sources")
 
+# pace = "fast": wall seconds without any event after which the source stops waiting for them
+# (fusion restarting: it needs new input to emit again) until they come back.
+FAST_HOLD_MAX_S = 5.0
+
 
 def demo_clip_path() -> Path:
     return Path(str(resources.files("sentistream.assets").joinpath("demo.mp4")))
@@ -50,6 +54,8 @@ class FileSource(Stage):
         self.declared_s = info.duration_s
         self.tracks = {"video": info.has_video, "audio": info.has_audio}
         self.events_t: float | None = None  # newest event window end (pace = "fast")
+        self._event_wall = 0.0  # wall time that event arrived
+        self._hold_released = False  # no event for FAST_HOLD_MAX_S: not waiting for them
         self.media_pos = float(self.params.get("resume_from_s", 0.0))
         if not self.params.get("resume_from_s"):
             self._check_decodable()
@@ -91,15 +97,27 @@ class FileSource(Stage):
         for msg in self._receive_batch(timeout_ms):
             if msg.kind == "event":
                 self.events_t = max(self.events_t or 0.0, msg.t_media_s)
+                self._event_wall = time.monotonic()
+                if self._hold_released:
+                    log.info("%s: events are back: the replay waits for them again", self.name)
+                    self._hold_released = False
 
     def _hold_for_events(self, t_media: float) -> None:
         """Wait until the newest event is within fast_lead_s of t_media (reading them as they come,
-        so they never queue up here)."""
+        so they never queue up here); not while no event has come for FAST_HOLD_MAX_S."""
         lead = self.config.source.fast_lead_s
         if self.events_t is None:
             self.events_t = t_media  # the first lead is free (also for a source resumed mid-file)
+            self._event_wall = time.monotonic()
+            self._hold_released = False
         self._read_events(0)
         while not self.stopping and t_media - self.events_t > lead:
+            if time.monotonic() - self._event_wall > FAST_HOLD_MAX_S:
+                if not self._hold_released:
+                    log.warning("%s: no event for %.0f s (is fusion restarting?): replaying on without "
+                                "waiting for them until they come back", self.name, FAST_HOLD_MAX_S)
+                    self._hold_released = True
+                return
             self._read_events(50)
             self.service()
 
