@@ -117,10 +117,13 @@ def test_low_latency_profile_ends_a_window_at_every_frame(tmp_path, demo_meta):
             assert all(w["text"].strip() in e["context"] for w in e["new_words"]), (e["new_words"], e["context"])
 
 
-def test_sigkill_a_stage_restarts_it_and_events_resume(tmp_path):
+@pytest.mark.parametrize("pace", ["realtime", "fast"])
+def test_sigkill_a_stage_restarts_it_and_events_resume(tmp_path, pace):
+    """fast: while fusion is down no event comes, so the held source must stop waiting for them
+    (it hung the run before) and events resume after the restart."""
     out = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
-        sentistream_cmd("run", "--source", "demo", "--jsonl", str(out), "--view", "none"),
+        sentistream_cmd("run", "--source", "demo", "--pace", pace, "--jsonl", str(out), "--view", "none"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
