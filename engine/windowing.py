@@ -190,7 +190,6 @@ class CompleteClock:
         self.inputs = set(inputs)
         self.stall_s = stall_s
         self.progress: dict[str, float] = {}
-        self.ended: set[str] = set()
         self._slowest = 0.0  # the slowest input's progress at the last clock()
         self._heard: float | None = None  # wall time the slowest input last moved or spoke
 
@@ -200,20 +199,15 @@ class CompleteClock:
             self._heard = now  # the input being waited for is alive, even if it did not move
         self.progress[stream] = max(self.progress.get(stream, 0.0), float(t))
 
-    def end(self, stream: str) -> None:
-        self.ended.add(stream)
-
-    def reopen(self) -> None:
-        """A new pass (a looped or restarted source): every input is live again."""
-        self.ended.clear()
-
     @property
     def slowest(self) -> float:
         return self._slowest
 
-    def clock(self, newest: float, now: float) -> tuple[float, list[str]]:
-        """(how far windows may be cut, the inputs that stalled: [] while none has)."""
-        waiting = {s: self.progress.get(s, 0.0) for s in self.inputs if s not in self.ended}
+    def clock(self, newest: float, now: float, ended: set[str] | frozenset[str] = frozenset()
+              ) -> tuple[float, list[str]]:
+        """(how far windows may be cut, the inputs that stalled: [] while none has); an input in
+        ``ended`` has sent its end of stream and holds nothing up."""
+        waiting = {s: self.progress.get(s, 0.0) for s in self.inputs if s not in ended}
         slowest = min(waiting.values(), default=newest)
         if self._heard is None or slowest > self._slowest + 1e-9 or slowest >= newest:
             self._slowest, self._heard = slowest, now

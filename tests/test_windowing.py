@@ -80,12 +80,10 @@ def test_complete_clock_waits_for_the_slowest_live_input():
     assert c.clock(5.0, now=0.2) == (3.0, [])
     c.advance("words", 2.0, now=0.3)  # progress never goes back
     assert c.clock(5.0, now=0.3) == (3.0, [])
-    c.end("words")  # an ended input holds nothing up
-    assert c.clock(5.0, now=0.4) == (4.0, [])
-    c.end("face")
-    c.end("audio_feat")
-    assert c.clock(5.0, now=0.5) == (5.0, [])
-    c.reopen()
+    # an ended input holds nothing up
+    assert c.clock(5.0, now=0.4, ended={"words"}) == (4.0, [])
+    assert c.clock(5.0, now=0.5, ended={"words", "face", "audio_feat"}) == (5.0, [])
+    # a new pass (looped or restarted source): every input is live again
     assert c.clock(5.0, now=0.6) == (3.0, [])
 
 
@@ -105,5 +103,4 @@ def test_complete_clock_stops_waiting_for_a_silent_input_until_it_moves():
     c.advance("words", 7.0, now=15.5)
     c.advance("audio_feat", 7.5, now=15.5)
     assert c.clock(7.5, now=15.5) == (7.0, [])
-    c.end("words")
-    assert c.clock(7.5, now=30.0) == (7.5, [])  # only audio_feat left, and it is the newest
+    assert c.clock(7.5, now=30.0, ended={"words"}) == (7.5, [])  # only audio_feat left, and it is the newest

@@ -127,7 +127,6 @@ class FusionStage(Stage):
                 log.error("fusion: %s input ended (%s); it is masked from now on", modality, reason)
             self.lost[modality] = str(reason)
         self.ended.add(msg.stream)
-        self.complete_clock.end(msg.stream)
         if self.trigger is not None:
             self.trigger.end(STREAM_KIND.get(msg.stream, msg.stream))
         self.clock = max(self.clock, msg.t_media_s)
@@ -147,7 +146,6 @@ class FusionStage(Stage):
                 self._emit(self.last_t1, final=True)
             self.publish_eos(self.clock)
             self.ended.clear()
-            self.complete_clock.reopen()
             if self.trigger is not None:
                 self.trigger.ended.clear()
 
@@ -162,7 +160,7 @@ class FusionStage(Stage):
     def _emit_due(self, final: bool = False) -> None:
         clock, stalled = self.clock, []
         if self.complete:
-            clock, stalled = self.complete_clock.clock(self.clock, time.monotonic())
+            clock, stalled = self.complete_clock.clock(self.clock, time.monotonic(), self.ended)
         due = self.buffer.due_windows(clock + (self.buffer.hop_s * 0.5 if final else 0.0))
         if stalled and due:
             if not self._stall_logged:  # once per stall

@@ -109,7 +109,6 @@ class FileSource(Stage):
         if self.events_t is None:
             self.events_t = t_media  # the first lead is free (also for a source resumed mid-file)
             self._event_wall = time.monotonic()
-            self._hold_released = False
         self._read_events(0)
         while not self.stopping and t_media - self.events_t > lead:
             if time.monotonic() - self._event_wall > FAST_HOLD_MAX_S:
