@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -15,17 +14,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at ru
 
 log = logging.getLogger("sentistream")
 
-# Modules that add sub-commands; each exposes register(subparsers) and imports heavy
-# libraries only inside its command function, so `sentistream --help` stays fast.
-COMMAND_MODULES: list[str] = [
-    "sentistream.perception.extract",
-    "sentistream.engine.doctor",
-    "sentistream.engine.fusion_server",  # sentistream serve
-    "sentistream.engine.asr_server",  # sentistream serve-asr
-    "sentistream.bench.cli",  # sentistream bench <latency|throughput|soak|perception|accuracy>
-    "sentistream.engine.security",  # sentistream keys (CURVE key pairs)
-    "sentistream.models.train_cli",  # sentistream train / train-live
-]
+def _command_modules() -> list[Any]:
+    """Modules that add sub-commands; each exposes register(subparsers) and imports heavy
+    libraries only inside its command function, so `sentistream --help` stays fast."""
+    from .bench import cli as bench_cli  # sentistream bench <latency|throughput|soak|perception|accuracy>
+    from .engine import asr_server, doctor, fusion_server, security
+    from .models import train_cli  # sentistream train / train-live / train-text
+    from .perception import extract
+
+    # serve, serve-asr, keys (CURVE key pairs)
+    return [extract, doctor, fusion_server, asr_server, bench_cli, security, train_cli]
 
 
 def _parse_source(value: str) -> dict[str, Any]:
@@ -96,10 +94,10 @@ def _preflight_devices(cfg) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sentistream.engine.config import ConfigError, load_config
-    from sentistream.engine.supervisor import Supervisor
-    from sentistream.engine.view import EventView
-    from sentistream.pipelines.standard import standard_pipeline
+    from .engine.config import ConfigError, load_config
+    from .engine.supervisor import Supervisor
+    from .engine.view import EventView
+    from .pipelines.standard import standard_pipeline
 
     try:
         cfg = load_config(args.config, _run_overrides(args))
@@ -127,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dashboard is not None:
         import shutil
 
-        from sentistream.engine.dashboard import start_dashboard
+        from .engine.dashboard import start_dashboard
 
         try:
             dashboard = start_dashboard(args.dashboard, supervisor)
@@ -150,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from sentistream.engine.config import ConfigError, load_config
+    from .engine.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)
@@ -192,22 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="print the effective configuration (checks every key)")
     conf.add_argument("--config", default=None)
     conf.set_defaults(func=cmd_config)
-    for module in COMMAND_MODULES:
-        # each module adds its own sub-command(s): register(subparsers)
-        importlib.import_module(module).register(sub)
+    for module in _command_modules():
+        module.register(sub)  # each module adds its own sub-command(s)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train-live"]:  # every option belongs to the live trainer, --help included
-        from sentistream.models.live_training import main as train_live
+    from .models.train_cli import PASSTHROUGH_COMMANDS, run_passthrough
 
-        return int(train_live(argv[1:]) or 0)
-    if argv[:1] == ["train-text"]:  # likewise: the text-encoder fine-tune's own options
-        from sentistream.models.text_finetune import main as train_text
-
-        return int(train_text(argv[1:]) or 0)
+    if argv[:1] and argv[0] in PASSTHROUGH_COMMANDS:  # every option is the trainer's own, --help included
+        return run_passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -1,6 +1,6 @@
 """A Python client for agents and tools that consume a running engine's sentiment stream.
 
-    from sentistream.client import SentimentClient
+    from .client import SentimentClient
 
     with SentimentClient("tcp://127.0.0.1:5557") as client:        # or config="my.toml"
         for ev in client.events(timeout=10):                          # sync
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from sentistream.engine.protocol import (
+from .engine.protocol import (
     EVENT_SCHEMA,
     EVENTS_TOPIC,
     ProtocolError,

@@ -71,7 +71,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sentistream.bench.accuracy_common import (
+from .accuracy_common import (
     DEFAULT_CHECKPOINT,
     DEFAULT_CSV,
     DEFAULT_EPOCH_CAP,
@@ -87,9 +87,9 @@ from sentistream.bench.accuracy_common import (
     ZOO,
     say,
 )
-from sentistream.bench.accuracy_spoken import suite_spoken
-from sentistream.bench.accuracy_text import suite_text
-from sentistream.bench.accuracy_utterance import suite_utterance, utterance_zoo_ensemble
+from .accuracy_spoken import suite_spoken
+from .accuracy_text import suite_text
+from .accuracy_utterance import suite_utterance, utterance_zoo_ensemble
 
 # --------------------------------------------------------------------------- CLI
 def _command_line() -> str:

@@ -236,7 +236,7 @@ def rounded(d: dict[str, float], n: int = 5) -> dict[str, float]:
 
 
 def run_stamp(command: str, quick: bool) -> dict[str, Any]:
-    from sentistream.bench.common import stamp
+    from .common import stamp
 
     s = stamp("cpu", command, quick)
     return {k: s[k] for k in ("cpu", "cpu_count", "platform", "versions", "git", "loadavg_start")
@@ -264,7 +264,7 @@ def subsample_splits(ds, n: int | None):
 
 
 def zoo_train_config(name: str, epoch_cap: int, threads: int, progress: bool):
-    from sentistream.models import training
+    from ..models import training
 
     base = training.TrainConfig.for_model(name)
     over: dict[str, Any] = {"epochs": max(1, min(base.epochs, epoch_cap)), "num_threads": threads,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sentistream.bench.accuracy_common import METRICS, SPOKEN_ROWS, merge_results, run_stamp, say, utc_now
+from .accuracy_common import METRICS, SPOKEN_ROWS, merge_results, run_stamp, say, utc_now
 
 # --------------------------------------------------------------------------- mosi_spoken
 #: espeak-ng word gap (``-g``, units of 10 ms) of the ``live_asr_text_gapped`` row. espeak runs words
@@ -27,7 +27,7 @@ GAPPED_WORD_GAP = 8
 
 
 def _spoken_cache_key(ids: Sequence[str], asr: str, word_gap: int = 0) -> str:
-    from sentistream.perception.asr import AsrOptions
+    from ..perception.asr import AsrOptions
 
     opts = {k: str(v) for k, v in vars(AsrOptions()).items() if k != "cpu_threads"}
     speech = "espeak-ng en-us 150" + (f" -g {word_gap}" if word_gap else "")
@@ -40,12 +40,12 @@ def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cac
     """espeak-ng (word gap ``word_gap`` x 10 ms) -> ASR for the std-test utterances (first ``n``; all
     when None); audio features of each spoken utterance. Cached in the sentistream cache dir (audio
     features + hypotheses)."""
-    from sentistream.bench.perception import (
+    from .perception import (
         Utterance,
         bench_asr_streaming_fast,
         speak_espeak,
     )
-    from sentistream.models import data as data_mod
+    from ..models import data as data_mod
 
     cols = data_mod.read_mosi_transcripts(csv)
     rows = np.where(cols["std_split"] == "test")[0]
@@ -63,12 +63,12 @@ def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cac
         return {"ids": ids, "refs": [str(cols["text"][r]) for r in rows], "labels": cols["label"][rows],
                 "hyps": hyps, "audio_feats": feats, "audio_s": z["audio_s"].tolist(),
                 "asr_seconds": float(z["asr_seconds"]), "cached": str(cpath)}
-    from sentistream.perception.asr import (
+    from ..perception.asr import (
         AsrOptions,
         load_whisper,
         transcribe_file_batch,
     )
-    from sentistream.perception.audio_features import AudioFeatureExtractor
+    from ..perception.audio_features import AudioFeatureExtractor
 
     say(f"mosi_spoken: speaking {len(rows)} std-test utterances with espeak-ng (word gap {word_gap}) ...")
     utts = []
@@ -110,23 +110,23 @@ def spoken_transcribe(csv: Path, n: int | None, asr_mode: str, threads: int, cac
 def load_live(checkpoint: Path, threads: int):
     """The engine's :class:`LiveModel` on ``checkpoint`` (eager, local), loaded once."""
     import torch
-    from sentistream.engine.config import FusionConfig
-    from sentistream.models.live import LiveModel
-    from sentistream.perception.audio_features import feature_dim
-    from sentistream.perception.face import FACE_FEATURE_DIM
-    from sentistream.perception.text import TextEncoder, TextEncoderOptions
+    from ..engine.config import FusionConfig
+    from ..models.live import LiveModel
+    from ..perception.audio_features import feature_dim
+    from ..perception.face import FACE_FEATURE_DIM
+    from ..perception.text import TextEncoder, TextEncoderOptions
 
     torch.set_num_threads(threads)
     cfg = FusionConfig(checkpoint=str(checkpoint), backend="eager", threads=threads)
     return LiveModel(cfg, TextEncoder(TextEncoderOptions(cache_size=0)), vision_dim=FACE_FEATURE_DIM,
-                     audio_dim=feature_dim(), local_only=True)
+                     audio_dim=feature_dim())
 
 
 def live_scores(live, texts: Sequence[str], audio: Sequence[np.ndarray] | None) -> np.ndarray:
     """Scores of the live model exactly as the engine computes them for one window per utterance
     (``LiveModel.inputs_for``: text tokens, audio frames binned + normalised; vision absent)."""
     import torch
-    from sentistream.engine.windowing import Window, WordSpan
+    from ..engine.windowing import Window, WordSpan
 
     out = np.zeros(len(texts), np.float32)
     with torch.inference_mode():
@@ -146,14 +146,14 @@ def _plain_words(text: str) -> list[str]:
     other punctuation -> space, digits 0-10 as words."""
     import re
 
-    from sentistream.bench.perception import NUMBER_WORDS
+    from ..perception.wer import NUMBER_WORDS
 
     t = text.lower().replace("’", "'").replace("'", "")
     return [NUMBER_WORDS.get(w, w) for w in re.sub(r"[^a-z0-9 ]+", " ", t).split()]
 
 
 def plain_wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
-    from sentistream.bench.perception import edit_distance
+    from ..perception.wer import edit_distance
 
     errors = sum(edit_distance(_plain_words(r), _plain_words(h)) for r, h in zip(refs, hyps))
     return errors / max(1, sum(len(_plain_words(r)) for r in refs))
@@ -179,9 +179,9 @@ def _goal_status(rows: dict[str, dict[str, float]]) -> str | None:
 
 
 def suite_spoken(args, models: Sequence[str], command: str) -> None:
-    from sentistream.bench.perception import wer
-    from sentistream.models.metrics import regression_metrics
-    from sentistream.perception.text import file_sha256
+    from ..perception.wer import wer
+    from ..models.metrics import regression_metrics
+    from ..perception.text import file_sha256
 
     ckpt = Path(args.checkpoint)
     base_meta = {"machine": run_stamp(command, args.quick), "date": utc_now(), "checkpoint": str(ckpt),
@@ -194,7 +194,7 @@ def suite_spoken(args, models: Sequence[str], command: str) -> None:
                       fresh=args.fresh)
         args.fresh = False
         return
-    from sentistream.models.registry import read_checkpoint_metadata
+    from ..models.registry import read_checkpoint_metadata
 
     ck = read_checkpoint_metadata(ckpt)
     sha = file_sha256(ckpt)

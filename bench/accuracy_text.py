@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sentistream.bench.accuracy_common import (
+from .accuracy_common import (
     DEFAULT_EPOCH_CAP,
     FT_EPOCHS,
     MLP_EPOCHS,
@@ -32,7 +32,7 @@ from sentistream.bench.accuracy_common import (
 def load_text_data(csv: Path, subsample: int | None, progress: bool):
     """MOSI transcripts, std folds, the engine's TextEncoder tokens (as ``models.data.load_mosi_text``,
     sharing its cache for the full set); audio / vision absent (width 1)."""
-    from sentistream.models import data
+    from ..models import data
 
     cols = data.read_mosi_transcripts(csv)
     n = len(cols["text"])
@@ -60,7 +60,7 @@ def load_text_data(csv: Path, subsample: int | None, progress: bool):
 
 
 def ridge_head(ds) -> tuple[dict, dict, dict]:
-    from sentistream.models.live_training import RIDGE_ALPHAS, ridge_floor
+    from ..models.live_evaluation import RIDGE_ALPHAS, ridge_floor
 
     fit = ridge_floor(ds)
     return fit["valid"], fit["test"], {"alpha": fit["alpha"], "alphas_tried": list(RIDGE_ALPHAS),
@@ -81,8 +81,8 @@ def mlp_head(ds, seed: int, epochs: int, threads: int) -> tuple[dict, dict, dict
     """Masked mean of the frozen token embeddings -> LayerNorm -> 256 GELU -> dropout -> 1;
     AdamW 1e-3, wd 1e-2, batch 32, L1 loss, cosine schedule; epoch chosen by valid MAE."""
     import torch
-    from sentistream.models.metrics import regression_metrics
-    from sentistream.models.training import seed_everything, warmup_cosine
+    from ..models.metrics import regression_metrics
+    from ..models.training import seed_everything, warmup_cosine
 
     torch.set_num_threads(threads)
     seed_everything(seed)
@@ -128,7 +128,7 @@ def finetune_minilm(ds, seed: int, epochs: int, threads: int, lr: float = 5e-5, 
     """The whole MiniLM (all-MiniLM-L6-v2) fine-tuned on the train fold's reference transcripts
     (``models.text_finetune``: mean pool -> linear, L1 loss, epoch chosen by valid MAE); test
     evaluated once. Weights are not saved."""
-    from sentistream.models.text_finetune import LabelledTexts, TextFinetuneConfig, finetune_text_encoder
+    from ..models.text_finetune import LabelledTexts, TextFinetuneConfig, finetune_text_encoder
 
     sets = {s: LabelledTexts([str(t) for t in ds.split(s).raw_text], ds.split(s).labels)
             for s in ("train", "valid", "test")}
@@ -142,7 +142,7 @@ def finetune_minilm(ds, seed: int, epochs: int, threads: int, lr: float = 5e-5, 
 
 
 def suite_text(args, models: Sequence[str], seeds: Sequence[int], command: str) -> None:
-    from sentistream.models import training
+    from ..models import training
 
     ds = load_text_data(Path(args.transcripts), args.subsample_n, args.progress)
     sizes = ds.sizes()

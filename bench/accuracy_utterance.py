@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from sentistream.bench.accuracy_common import (
+from .accuracy_common import (
     DEFAULT_EPOCH_CAP,
     ZOO,
     aggregate,
@@ -31,7 +31,7 @@ from sentistream.bench.accuracy_common import (
 def add_current_flag(ds) -> Any:
     """Append one channel to every step of every modality: 1 on the current utterance (the last
     step of each sequence), 0 on the earlier-context steps."""
-    from sentistream.models.data import SPLITS, SequenceStore
+    from ..models.data import SPLITS, SequenceStore
 
     for s in SPLITS:
         sp = ds.split(s)
@@ -77,7 +77,7 @@ def check_causal_context(ds, npz: Path, context: int) -> dict[str, Any]:
 
 
 def load_utterance_data(npz: Path, context: int, subsample: int | None, verify: bool = True):
-    from sentistream.models import data
+    from ..models import data
 
     ds = data.load_mosi_npz(npz, context=context)
     causal = check_causal_context(ds, npz, context) if verify else None
@@ -109,7 +109,7 @@ def shared_context(out_dir: Path) -> dict[str, Any]:
 
 
 def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: str) -> None:
-    from sentistream.models import training
+    from ..models import training
 
     shared = shared_context(Path(args.out)) if str(args.contexts).strip() == "shared" else None
     if shared is not None:
@@ -203,7 +203,7 @@ REFIT_RULE = ("each run selected on valid as usual (K, early-stopped epoch e) is
 
 
 def _refit(name: str, ds, selected):
-    from sentistream.models import training
+    from ..models import training
 
     r = training.refit_model(name, ds, selected, hparams=selected.model.hparams)
     say(f"  refit {name} seed={selected.seed}: {r.epochs_run} epochs on train + valid, test acc2_non0 "
@@ -229,8 +229,8 @@ def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, con
                         command, t0) -> None:
     """Row ``<name>_ens<N>``: per seed s, N members trained with seeds 100 s + j (each selected on
     valid as usual) whose test scores are averaged; mean +- std of that over the seeds."""
-    from sentistream.models import training
-    from sentistream.models.metrics import regression_metrics
+    from ..models import training
+    from ..models.metrics import regression_metrics
 
     n = args.ensemble
     row = f"{name}_ens{n}" + ("_refit" if args.refit else "")
@@ -291,8 +291,8 @@ def zoo_ensemble_members(spec: str, recorded: dict[str, Any]) -> tuple[list[str]
 def utterance_zoo_ensemble(args, seeds: Sequence[int], command: str) -> None:
     """Row ``zoo_ens_<members>``: per seed s, each member trained with seed s at its own recorded K
     (early-stopped on valid as usual); the members' test scores are averaged; mean +- std over seeds."""
-    from sentistream.models import training
-    from sentistream.models.metrics import regression_metrics
+    from ..models import training
+    from ..models.metrics import regression_metrics
 
     path = Path(args.out) / "accuracy.json"
     recorded = (json.loads(path.read_text()).get("meta", {}).get("mosi_utterance", {}).get("models", {})

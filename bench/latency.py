@@ -43,7 +43,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sentistream.bench.common import (RESULTS, command_line, device_tag, show_bench_progress, stamp, summary,
+from .common import (RESULTS, command_line, device_tag, show_bench_progress, stamp, summary,
                                       write_json)
 
 log = logging.getLogger("sentistream.bench.latency")
@@ -74,7 +74,7 @@ def _sync(device) -> None:
 def make_backend(name: str, model, plan, device, threads: int, cache_dir: Optional[str],
                  lengths) -> Any:
     """One backend, built directly (no fallback): raises when it cannot run here."""
-    from sentistream.engine import backends as B
+    from ..engine import backends as B
 
     cache = Path(cache_dir) if cache_dir else B.BackendOptions().cache_path()
     seq = plan.seq_shape(lengths)
@@ -91,7 +91,7 @@ def make_backend(name: str, model, plan, device, threads: int, cache_dir: Option
 
 def _mixed_batch(model, plan, lengths, device):
     """Three windows of different lengths (the last with no text): parity on what batching sees."""
-    from sentistream.engine.backends import example_inputs_for
+    from ..engine.backends import example_inputs_for
 
     x = example_inputs_for(model, plan, 3, lengths, seed=1, device=device)
     for m in (x.text_mask, x.audio_mask, x.vision_mask):
@@ -105,8 +105,8 @@ def bench_model(model_name: str, shapes: str, backends: list[str], device, budge
                 threads: int, cache_dir: Optional[str], batches: tuple[int, ...]) -> dict[str, Any]:
     import torch
 
-    from sentistream.engine.backends import EagerBackend, ShapePlan, example_inputs_for, measure_ms
-    from sentistream.models import ModalityDims, build_from_config
+    from ..engine.backends import EagerBackend, ShapePlan, example_inputs_for, measure_ms
+    from ..models import ModalityDims, build_from_config
 
     dims = ModalityDims(*MOSI_DIMS) if shapes == "mosi" else None
     lengths = MOSI_LENGTHS if shapes == "mosi" else LIVE_LENGTHS
@@ -114,7 +114,7 @@ def bench_model(model_name: str, shapes: str, backends: list[str], device, budge
     plan = ShapePlan(*buckets, max_batch=max(batches))
     torch.manual_seed(0)
     if dims is None:
-        from sentistream.models import DEFAULT_DIMS
+        from ..models import DEFAULT_DIMS
 
         dims = DEFAULT_DIMS
     model = build_from_config(model_name, dims).to(device).eval()
@@ -171,10 +171,10 @@ def run_pipeline(label: str, minutes: float, config_path: Optional[str], backend
     tapping the face stage for frame capture times. Returns the raw events and frames."""
     import zmq
 
-    from sentistream.engine.config import load_config
-    from sentistream.engine.messages import MessageError, decode
-    from sentistream.engine.supervisor import Supervisor
-    from sentistream.pipelines.standard import standard_pipeline
+    from ..engine.config import load_config
+    from ..engine.messages import MessageError, decode
+    from ..engine.supervisor import Supervisor
+    from ..pipelines.standard import standard_pipeline
 
     source: dict[str, Any] = {"kind": "demo", "pace": "realtime"}
     if minutes > 0:
@@ -221,7 +221,7 @@ def run_pipeline(label: str, minutes: float, config_path: Optional[str], backend
 
 def _profile_summary(config: Optional[str]) -> dict[str, Any]:
     """The window settings a pipeline profile runs with (they set how long a frame waits)."""
-    from sentistream.engine.config import load_config
+    from ..engine.config import load_config
 
     w = load_config(config).window
     return {"config": config or "configs/default.toml", "trigger": w.trigger, "hop_s": w.hop_s,
@@ -231,9 +231,9 @@ def _profile_summary(config: Optional[str]) -> dict[str, Any]:
 def prime_backend_cache(config_path: Optional[str], backend: Optional[str]) -> str:
     """Build the live model's backend once in this process so its exported graphs / engines are in
     the cache before a timed run (a cold cache would export them during the first minute)."""
-    from sentistream.engine.backends import BackendOptions, select_backend
-    from sentistream.engine.config import load_config
-    from sentistream.engine.fusion_server import load_fusion_model
+    from ..engine.backends import BackendOptions, select_backend
+    from ..engine.config import load_config
+    from ..engine.fusion_server import load_fusion_model
 
     cfg = load_config(config_path, {"fusion": {"backend": backend}} if backend else None)
     model, *_ = load_fusion_model(cfg)

@@ -23,42 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..perception.wer import wer
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "mosi_transcripts.csv"
-
-CONTRACTIONS = {
-    "n't": " not", "'re": " are", "'m": " am", "'ll": " will", "'ve": " have", "'d": " would", "'s": " is",
-}
-NUMBER_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
-                "7": "seven", "8": "eight", "9": "nine", "10": "ten"}
-
-
-def normalise(text: str) -> list[str]:
-    """Lower case, contractions expanded (both sides), punctuation dropped."""
-    text = text.lower().replace("’", "'")
-    text = re.sub(r"\bcan't\b", "can not", text)
-    text = re.sub(r"\bwon't\b", "will not", text)
-    for short, full in CONTRACTIONS.items():
-        text = text.replace(short, full)
-    words = re.sub(r"[^a-z0-9' ]+", " ", text).replace("'", "").split()
-    return [NUMBER_WORDS.get(w, w) for w in words]
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    errors = sum(edit_distance(normalise(r), normalise(h)) for r, h in zip(refs, hyps))
-    total = sum(len(normalise(r)) for r in refs)
-    return errors / max(total, 1)
-
 
 def machine() -> dict:
     cpu = platform.processor() or ""
@@ -134,7 +102,7 @@ def assign_words(words, spans: list[tuple[float, float]]) -> list[str]:
 def bench_face(n: int = 100) -> float:
     from skimage.data import astronaut
 
-    from sentistream.perception.face import FaceFeatureExtractor
+    from ..perception.face import FaceFeatureExtractor
 
     frame = np.zeros((480, 640, 3), np.uint8)
     frame[:, 64:576] = astronaut()[:480]
@@ -150,7 +118,7 @@ def bench_face(n: int = 100) -> float:
 
 def bench_audio(audio: np.ndarray, repeats: int = 5) -> dict:
     """Median over ``repeats`` passes (a shared 2-core machine varies by +-20 % run to run)."""
-    from sentistream.perception.audio_features import AudioFeatureExtractor
+    from ..perception.audio_features import AudioFeatureExtractor
 
     seconds = audio.size / 16000
     chunked, whole = [], []
@@ -168,7 +136,7 @@ def bench_audio(audio: np.ndarray, repeats: int = 5) -> dict:
            "audio_ms_per_audio_s_whole_file": float(np.median(whole)),
            "audio_ms_per_audio_s_runs": [round(x, 3) for x in chunked]}
     try:  # the optional eGeMAPS extractor, when opensmile is installed (never the default)
-        from sentistream.perception.audio_features import AudioFeatureOptions, make_audio_extractor
+        from ..perception.audio_features import AudioFeatureOptions, make_audio_extractor
 
         ex = make_audio_extractor(AudioFeatureOptions(extractor="egemaps"))
     except ImportError:
@@ -182,7 +150,7 @@ def bench_audio(audio: np.ndarray, repeats: int = 5) -> dict:
 
 
 def bench_text(texts: list[str]) -> float:
-    from sentistream.perception.text import TextEncoder, TextEncoderOptions
+    from ..perception.text import TextEncoder, TextEncoderOptions
 
     enc = TextEncoder(TextEncoderOptions())
     enc.encode("warm up")
@@ -194,7 +162,7 @@ def bench_text(texts: list[str]) -> float:
 
 
 def bench_asr_batch(utts: list[Utterance], model) -> tuple[float, list[str]]:
-    from sentistream.perception.asr import AsrOptions, transcribe_file_batch
+    from ..perception.asr import AsrOptions, transcribe_file_batch
 
     total_audio = sum(u.audio.size for u in utts) / 16000
     hyps = []
@@ -206,7 +174,7 @@ def bench_asr_batch(utts: list[Utterance], model) -> tuple[float, list[str]]:
 
 def bench_asr_streaming_fast(utts: list[Utterance], model) -> list[str]:
     """The streaming recogniser over one long stream, fed as fast as it decodes."""
-    from sentistream.perception.asr import AsrOptions, StreamingRecognizer
+    from ..perception.asr import AsrOptions, StreamingRecognizer
 
     audio, spans = concat_stream(utts)
     rec = StreamingRecognizer(AsrOptions(), model)
@@ -221,7 +189,7 @@ def bench_asr_streaming_fast(utts: list[Utterance], model) -> list[str]:
 
 def bench_asr_realtime(utts: list[Utterance], model, min_seconds: float) -> dict:
     """Real-time pace: a feeder thread plays the stream; the recogniser steps as often as it can."""
-    from sentistream.perception.asr import AsrOptions, StreamingRecognizer
+    from ..perception.asr import AsrOptions, StreamingRecognizer
 
     chosen, total = [], 0.0
     for u in utts:
@@ -269,7 +237,7 @@ def bench_asr_realtime(utts: list[Utterance], model, min_seconds: float) -> dict
 
 def run(args) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentistream.perception.asr import AsrOptions, load_whisper
+    from ..perception.asr import AsrOptions, load_whisper
 
     transcripts = Path(args.transcripts)
     if not transcripts.is_file():

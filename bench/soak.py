@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sentistream.bench.procs import descendants, memory_kb, stage_name
+from .procs import descendants, memory_kb, stage_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # A slope below these counts as flat (no growth); a falling slope (memory returned after the
@@ -88,7 +88,7 @@ def run_soak(minutes: float, interval_s: float, config: str | None, log) -> dict
 def analyse(run: dict[str, Any], hop_s: float = 0.25) -> dict[str, Any]:
     import numpy as np
 
-    from sentistream.bench.common import summary
+    from .common import summary
 
     events = run["events"]
     t0 = run["t_first_event"] or (run["samples"][0]["t"] if run["samples"] else 0.0)
@@ -203,7 +203,7 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from sentistream.bench.common import command_line, stamp, write_json
+    from .common import command_line, stamp, write_json
 
     out = Path(args.out)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from sentistream.bench.common import RESULTS, command_line, device_tag, show_bench_progress, stamp, summary, write_json
+from .common import RESULTS, command_line, device_tag, show_bench_progress, stamp, summary, write_json
 
 log = logging.getLogger("sentistream.bench.throughput")
 
@@ -65,7 +65,7 @@ def start_server(args, port: int) -> tuple[subprocess.Popen, str]:
 def _windows(dims: list[int], n: int, rng: np.random.Generator) -> list[Any]:
     import torch
 
-    from sentistream.models.base import FusionInputs
+    from ..models.base import FusionInputs
 
     out = []
     for _ in range(n):
@@ -96,7 +96,7 @@ def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, di
 
     import zmq
 
-    from sentistream.engine.fusion_server import RemoteFusion
+    from ..engine.fusion_client import RemoteFusion
 
     rng = np.random.default_rng(seed + n_sessions)
     pool = _windows(dims, 16, rng)
@@ -172,7 +172,7 @@ def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, di
 
 def wait_idle(address: str, timeout_s: float = 60.0) -> None:
     """Until the server has nothing queued (the previous step's backlog must not hit the next)."""
-    from sentistream.engine.fusion_server import RemoteFusion
+    from ..engine.fusion_client import RemoteFusion
 
     client = RemoteFusion(address, timeout_s=10)
     try:
@@ -246,8 +246,8 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from sentistream.engine.fusion_server import RemoteFusion
-    from sentistream.engine.supervisor import free_tcp_port
+    from ..engine.fusion_client import RemoteFusion
+    from ..engine.supervisor import free_tcp_port
 
     smoke = bool(args.smoke)
     if smoke:

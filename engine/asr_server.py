@@ -37,9 +37,10 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
-from sentistream.engine.fusion_server import bind_router, send_before, serve_until_stopped
-from sentistream.engine.security import is_local_address
-from sentistream.engine.messages import Message, MessageError, decode, encode, now_ns
+from ..perception.asr import AsrOptions, DecodeError, load_whisper
+from .rpc import bind_router, send_before, serve_until_stopped
+from .security import is_local_address
+from .messages import Message, MessageError, decode, encode, now_ns
 
 log = logging.getLogger("sentistream.asr_server")
 
@@ -57,8 +58,15 @@ OPTION_TYPES: dict[str, tuple[type, ...]] = {
 VAD_KEYS = {"threshold", "min_speech_duration_ms", "min_silence_duration_ms", "speech_pad_ms"}
 
 
-class RemoteAsrError(RuntimeError):
+class RemoteAsrError(DecodeError):
     """The Whisper server answered with an error, or did not answer in time."""
+
+
+def open_whisper(options: AsrOptions) -> Any:
+    """The recogniser's Whisper: a client of ``options.server`` when one is set, else the local model."""
+    if options.server:
+        return RemoteWhisper(options.server, options.server_timeout_s)
+    return load_whisper(options)
 
 
 def check_options(options: Any) -> dict[str, Any]:
@@ -145,7 +153,7 @@ class WhisperServer:
 
     def __init__(self, options=None, address: str = DEFAULT_ADDRESS, workers: int = 2, max_queue: int = 256,
                  allow_remote: bool = False, model=None, context: Optional[zmq.Context] = None):
-        from sentistream.perception.asr import AsrOptions, default_model_dir, load_whisper, resolve_device
+        from ..perception.asr import default_model_dir, resolve_device
 
         if not allow_remote and not is_local_address(address):
             raise ValueError(f"refusing to bind {address}: requests are not authenticated; bind a "
@@ -173,7 +181,7 @@ class WhisperServer:
 
     # ---- decode threads --------------------------------------------------
     def _worker(self) -> None:
-        from sentistream.perception.asr import transcribe_segments
+        from ..perception.asr import transcribe_segments
 
         while not self.stopping.is_set():
             try:
@@ -325,6 +333,10 @@ class RemoteWhisper:
         self._seq += 1
         return dict(self._call(Message("asr_request", TOPIC, self._seq, now_ns(), 0.0, meta={"op": "info"})).meta)
 
+    def decode_segments(self, audio: np.ndarray, encoder_pad_s: float, **kwargs: Any) -> list[Any]:
+        """perception.asr.SegmentDecoder: one decode on the server."""
+        return self.transcribe(audio, encoder_pad_s, **kwargs)[0]
+
     def transcribe(self, audio: np.ndarray, encoder_pad_s: float = 0.0, **kwargs: Any):
         options = dict(kwargs, encoder_pad_s=float(encoder_pad_s))
         vad = options.get("vad_parameters")
@@ -344,7 +356,7 @@ class RemoteWhisper:
 def cmd_serve_asr(args: argparse.Namespace) -> int:
     import sys
 
-    from sentistream.engine.config import ConfigError, load_config
+    from .config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)

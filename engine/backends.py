@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from sentistream.models.base import FusionInputs, FusionModel, FusionOutput
+from ..models.base import FusionInputs, FusionModel, FusionOutput
 
 log = logging.getLogger("sentistream.backends")
 

@@ -34,7 +34,7 @@ class TransportConfig:
     curve_keys_dir: str = ""
 
     def uses_curve(self) -> bool:
-        from sentistream.engine.security import is_local_address, is_loopback_host
+        from .security import is_local_address, is_loopback_host
 
         events_local = self.events_address == "auto" or is_local_address(self.events_address)
         remote_bind = self.transport == "tcp" and not is_loopback_host(self.bind_host)
@@ -111,10 +111,10 @@ class FusionConfig:
 
 
 def _perception_sections() -> dict[str, type]:
-    from sentistream.perception.asr import AsrOptions
-    from sentistream.perception.audio_features import AudioFeatureOptions
-    from sentistream.perception.face import FaceOptions
-    from sentistream.perception.text import TextEncoderOptions
+    from ..perception.asr import AsrOptions
+    from ..perception.audio_features import AudioFeatureOptions
+    from ..perception.face import FaceOptions
+    from ..perception.text import TextEncoderOptions
 
     return {
         "face": FaceOptions,
@@ -181,7 +181,7 @@ def _validate_security(t: TransportConfig) -> None:
         return
     import zmq
 
-    from sentistream.engine.security import is_loopback_host, missing_key_files
+    from .security import is_loopback_host, missing_key_files
 
     if t.curve:
         why = "transport.curve = true"

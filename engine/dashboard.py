@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
-from sentistream.engine.messages import MessageError, decode, now_ns
+from .messages import MessageError, decode, now_ns
 
 log = logging.getLogger("sentistream.dashboard")
 

@@ -138,7 +138,7 @@ def list_microphones() -> dict[str, Any]:
 def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
     asr_dir = text_dir = checkpoint = ""
     if config_path:
-        from sentistream.engine.config import load_config
+        from .config import load_config
 
         cfg = load_config(config_path)
         asr_dir, text_dir, checkpoint = cfg.asr.model_dir, cfg.text.model_dir, cfg.fusion.checkpoint
@@ -146,7 +146,7 @@ def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
 
     # Whisper (faster-whisper / CTranslate2)
     try:
-        from sentistream.perception.asr import default_model_dir as asr_default
+        from ..perception.asr import default_model_dir as asr_default
 
         path = Path(asr_dir or asr_default())
         ok = (path / "model.bin").is_file()
@@ -158,7 +158,7 @@ def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
 
     # text encoder (a local BERT directory)
     try:
-        from sentistream.perception.text import default_model_dir as text_default
+        from ..perception.text import default_model_dir as text_default
 
         path = Path(text_dir or text_default())
         weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (path / p).is_file()]
@@ -187,7 +187,7 @@ def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
 
     # the shipped fusion checkpoint
     try:
-        from sentistream.models.live import shipped_checkpoint_path
+        from ..models.live import shipped_checkpoint_path
 
         path = Path(checkpoint) if checkpoint else shipped_checkpoint_path()
         ok = path.is_file()
@@ -295,7 +295,7 @@ def _num(text: str) -> float | None:
 
 
 def collect(open_cameras: bool = True, config_path: str | None = None) -> dict[str, Any]:
-    from sentistream import __version__
+    from .. import __version__
 
     report = {
         "sentistream": __version__,
@@ -377,7 +377,7 @@ def render(report: dict[str, Any]) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from sentistream.engine.config import ConfigError
+    from .config import ConfigError
 
     try:
         report = collect(open_cameras=not args.no_open, config_path=args.config)
@@ -403,8 +403,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _text_finetune_check(checkpoint: Path) -> list[dict[str, Any]]:
     """The fine-tuned text-encoder layers a checkpoint was trained on (it will not start without)."""
-    from sentistream.models.registry import read_checkpoint_metadata
-    from sentistream.perception.text import file_sha256
+    from ..models.registry import read_checkpoint_metadata
+    from ..perception.text import file_sha256
 
     want = read_checkpoint_metadata(checkpoint)["meta"].get("text_finetune")
     if not want:

@@ -32,9 +32,7 @@ Security: the server binds 127.0.0.1 by default and refuses any other interface 
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -44,100 +42,12 @@ from typing import Any, Optional
 import numpy as np
 import zmq
 
-from sentistream.engine import messages
-from sentistream.engine.messages import Message, MessageError, decode, encode, now_ns
-from sentistream.engine.security import is_local_address
+from .messages import Message, MessageError, decode, encode, now_ns
+from .fusion_wire import DEFAULT_ADDRESS, TOPIC, arrays_to_inputs
+from .rpc import bind_router, serve_until_stopped
+from .security import is_local_address
 
 log = logging.getLogger("sentistream.fusion_server")
-
-DEFAULT_ADDRESS = "tcp://127.0.0.1:5560"
-TOPIC = "fusion"
-MAX_SEQ = 4096  # longest sequence a request may carry
-ARRAY_NAMES = ("text", "audio", "vision", "text_mask", "audio_mask", "vision_mask")
-
-
-class RemoteFusionError(RuntimeError):
-    """The fusion server answered with an error, or did not answer in time."""
-
-
-# --------------------------------------------------------------------------- wire helpers
-def inputs_to_arrays(inputs) -> list[np.ndarray]:
-    """FusionInputs -> the six request arrays (float32 sequences, bool masks), on the CPU."""
-    out = []
-    for name in ARRAY_NAMES:
-        t = getattr(inputs, name).detach().cpu()
-        out.append(t.numpy().astype(bool if name.endswith("_mask") else np.float32, copy=False))
-    return out
-
-
-def arrays_to_inputs(arrays: list[np.ndarray], dims: tuple[int, int, int], max_batch: int):
-    """Validate the six request arrays and build FusionInputs; raises ValueError with the reason."""
-    import torch
-
-    from sentistream.models.base import FusionInputs
-
-    if len(arrays) != 6:
-        raise ValueError(f"a request carries 6 arrays ({', '.join(ARRAY_NAMES)}), not {len(arrays)}")
-    seqs, masks = arrays[:3], arrays[3:]
-    b = seqs[0].shape[0] if seqs[0].ndim == 3 else -1
-    if not 1 <= b <= max_batch:
-        raise ValueError(f"batch must be 1..{max_batch}, got {b}")
-    for name, x, m, d in zip(ARRAY_NAMES, seqs, masks, dims):
-        if x.dtype != np.float32 or x.ndim != 3 or x.shape[0] != b or x.shape[2] != d:
-            raise ValueError(f"{name}: expected float32 [{b}, L, {d}], got {x.dtype}{list(x.shape)}")
-        if not 1 <= x.shape[1] <= MAX_SEQ:
-            raise ValueError(f"{name}: length must be 1..{MAX_SEQ}, got {x.shape[1]}")
-        if m.dtype != np.bool_ or m.shape != x.shape[:2]:
-            raise ValueError(f"{name}_mask: expected bool {list(x.shape[:2])}, got {m.dtype}{list(m.shape)}")
-    # np.frombuffer views are read-only; torch wants writable memory
-    t = [torch.from_numpy(np.array(a, copy=True)) for a in arrays]
-    return FusionInputs(*t)
-
-
-def bind_router(ctx: zmq.Context, address: str, hwm: int = 10_000) -> tuple[zmq.Socket, str]:
-    """A server's ROUTER socket bound to ``address`` (``tcp://HOST:0`` = a free port), frames capped
-    at the engine's size limit; returns (socket, the bound address)."""
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, hwm)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    max_frame = getattr(messages, "MAX_FRAME_BYTES", 0)
-    if max_frame:
-        sock.setsockopt(zmq.MAXMSGSIZE, int(max_frame))
-    if address.endswith(":0") and address.startswith("tcp://"):
-        port = sock.bind_to_random_port(address.rsplit(":", 1)[0])
-        return sock, f"{address.rsplit(':', 1)[0]}:{port}"
-    sock.bind(address)
-    return sock, address
-
-
-def send_before(sock: zmq.Socket, msg: Message, deadline: float) -> bool:
-    """Send ``msg`` on a client socket (IMMEDIATE: nothing queues while no server is connected),
-    retrying until ``deadline`` (time.monotonic); False if it could not be sent by then."""
-    while True:
-        try:
-            sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-
-
-def serve_until_stopped(server: Any, banner: str, name: str) -> int:
-    """Print ``banner``, serve until SIGTERM / Ctrl-C, print the statistics, close."""
-    import signal
-
-    signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
-    print(banner, flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print(f"{name} stopped: {server.stats.snapshot()}", flush=True)
-        server.close()
-    return 0
 
 
 # --------------------------------------------------------------------------- server
@@ -302,7 +212,7 @@ class FusionServer:
         return batch
 
     def _run_batch(self, batch: list[_Request]) -> None:
-        from sentistream.engine.backends import collate
+        from .backends import collate
 
         t0 = now_ns()
         try:
@@ -387,7 +297,7 @@ def build_server(config, address: str = DEFAULT_ADDRESS, max_batch: Optional[int
     """Load the model ``config.fusion`` names (as the live stage would), pick its backend, serve it."""
     import torch
 
-    from sentistream.engine.backends import BackendOptions, model_fingerprint, select_backend
+    from .backends import BackendOptions, model_fingerprint, select_backend
 
     fcfg = config.fusion
     if threads > 0:
@@ -413,9 +323,9 @@ def build_server(config, address: str = DEFAULT_ADDRESS, max_batch: Optional[int
 
 def load_fusion_model(config):
     """The fusion model the live stage would use for ``config`` (same dims, checkpoint, seed)."""
-    from sentistream.models.live import LiveModel
-    from sentistream.perception.audio_features import feature_dim
-    from sentistream.perception.face import FACE_FEATURE_DIM
+    from ..models.live import LiveModel
+    from ..perception.audio_features import feature_dim
+    from ..perception.face import FACE_FEATURE_DIM
 
     class _Dims:  # the text encoder's width without loading it: MiniLM = 384 unless configured
         dim = _text_dim(config)
@@ -424,8 +334,7 @@ def load_fusion_model(config):
         def encode(self, text):  # pragma: no cover - never called by the server
             raise RuntimeError("the fusion server does not encode text")
 
-    live = LiveModel(config.fusion, _Dims(), FACE_FEATURE_DIM, feature_dim(config.audio_features),
-                     local_only=True)
+    live = LiveModel(config.fusion, _Dims(), FACE_FEATURE_DIM, feature_dim(config.audio_features))
     return live.model, live.name, live.checkpoint, live.placeholder
 
 
@@ -433,7 +342,7 @@ def _text_dim(config) -> int:
     import json
     from pathlib import Path
 
-    from sentistream.perception.text import default_model_dir
+    from ..perception.text import default_model_dir
 
     model_dir = config.text.model_dir or default_model_dir()
     try:
@@ -442,124 +351,11 @@ def _text_dim(config) -> int:
         return 384
 
 
-# --------------------------------------------------------------------------- client
-class RemoteFusion:
-    """A :class:`~sentistream.engine.backends.FusionBackend` that asks a fusion server.
-
-    Synchronous use (a fusion stage): ``out = remote(inputs)``. Asynchronous use (load generators,
-    many windows in flight): ``rid = remote.submit(inputs)`` then ``remote.collect(timeout_ms)``.
-    """
-
-    name = "remote"
-
-    _ids = itertools.count(1)
-
-    def __init__(self, address: str, timeout_s: float = 2.0, context: Optional[zmq.Context] = None):
-        self.address = address
-        self.timeout_s = float(timeout_s)
-        self.reason = f"fusion server {address}"
-        self.ctx = context or zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for a server that is not there
-        self.sock.setsockopt(zmq.SNDHWM, 1000)
-        self.sock.setsockopt(zmq.RCVHWM, 1000)
-        self.sock.connect(address)
-        self._seq = int(os.getpid() % 1000) * 1_000_000
-        self._info: Optional[dict] = None
-        self.last_meta: dict[str, Any] = {}
-
-    def _next(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def _send(self, msg: Message, timeout_s: float) -> None:
-        if not send_before(self.sock, msg, time.monotonic() + timeout_s):
-            raise RemoteFusionError(f"fusion server {self.address} is not reachable")
-
-    def _recv(self, timeout_s: float) -> Optional[Message]:
-        if not self.sock.poll(max(0, int(timeout_s * 1000))):
-            return None
-        frames = self.sock.recv_multipart(copy=False)
-        try:
-            return decode(frames)
-        except MessageError as exc:
-            log.warning("malformed fusion reply dropped: %s", exc)
-            return None
-
-    def info(self, timeout_s: Optional[float] = None, refresh: bool = False) -> dict[str, Any]:
-        """The served model's identity and the batcher's statistics."""
-        if self._info is not None and not refresh:
-            return self._info
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
-        seq = self._next()
-        self._send(Message("fusion_request", TOPIC, seq, now_ns(), 0.0, meta={"op": "info"}), timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            reply = self._recv(deadline - time.monotonic())
-            if reply is not None and reply.seq == seq:
-                if "error" in reply.meta:
-                    raise RemoteFusionError(str(reply.meta["error"]))
-                self._info = dict(reply.meta)
-                return self._info
-        raise RemoteFusionError(f"fusion server {self.address} did not answer within {timeout_s:g} s")
-
-    def submit(self, inputs, t_media_s: float = 0.0) -> int:
-        seq = self._next()
-        msg = Message("fusion_request", TOPIC, seq, now_ns(), float(t_media_s), inputs_to_arrays(inputs),
-                      meta={"op": "infer", "timeout_ms": round(self.timeout_s * 1e3, 3)})
-        self._send(msg, self.timeout_s)
-        return seq
-
-    def collect(self, timeout_s: float = 0.0) -> list[tuple[int, Any, dict]]:
-        """Replies that have arrived: (request id, FusionOutput or RemoteFusionError, meta)."""
-        out = []
-        reply = self._recv(timeout_s)
-        while reply is not None:
-            out.append((reply.seq, self._output(reply), reply.meta))
-            reply = self._recv(0)
-        return out
-
-    @staticmethod
-    def _output(reply: Message):
-        import torch
-
-        from sentistream.models.base import FusionOutput
-
-        if "error" in reply.meta or len(reply.arrays) != 2:
-            return RemoteFusionError(str(reply.meta.get("error", "reply without results")))
-        score, contrib = (torch.from_numpy(np.array(a, copy=True)) for a in reply.arrays)
-        return FusionOutput(score, contrib, {})
-
-    def __call__(self, inputs):
-        seq = self.submit(inputs)
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RemoteFusionError(f"fusion server {self.address} did not answer within "
-                                        f"{self.timeout_s:g} s")
-            reply = self._recv(left)
-            if reply is None or reply.seq != seq:
-                continue  # a late reply to an earlier request that timed out
-            result = self._output(reply)
-            if isinstance(result, Exception):
-                raise result
-            self.last_meta = reply.meta
-            return result
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "reason": self.reason}
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
-
-
 # --------------------------------------------------------------------------- CLI
 def cmd_serve(args: argparse.Namespace) -> int:
     import sys
 
-    from sentistream.engine.config import ConfigError, load_config
+    from .config import ConfigError, load_config
 
     overrides: dict[str, Any] = {}
     fusion: dict[str, Any] = {}

@@ -31,9 +31,9 @@ from typing import Any
 
 import zmq
 
-from sentistream.engine.config import EngineConfig, config_from_dict
-from sentistream.engine.messages import MAX_FRAME_BYTES, Message, MessageError, decode, now_ns
-from sentistream.engine.security import SocketSecurity
+from .config import EngineConfig, config_from_dict
+from .messages import MAX_FRAME_BYTES, Message, MessageError, decode, now_ns
+from .security import SocketSecurity
 
 log = logging.getLogger("sentistream.stage")
 

@@ -30,11 +30,11 @@ from typing import Any
 
 import zmq
 
-from sentistream.engine.config import EngineConfig
-from sentistream.engine.messages import MAX_FRAME_BYTES, MessageError, decode, now_ns
-from sentistream.engine.security import SocketSecurity
-from sentistream.engine.stage import EXIT_FATAL, StageSpec
-from sentistream.pipelines.definition import Pipeline, StageDef
+from .config import EngineConfig
+from .messages import MAX_FRAME_BYTES, MessageError, decode, now_ns
+from .security import SocketSecurity
+from .stage import EXIT_FATAL, StageSpec
+from ..pipelines.definition import Pipeline, StageDef
 
 log = logging.getLogger("sentistream.supervisor")
 

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from sentistream.engine.stage import Stage, StageSpec
+from .stage import Stage, StageSpec
 
 # stage kind -> "module:Class" (imported lazily: a face stage never loads Whisper)
 STAGE_KINDS: dict[str, str] = {

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from sentistream.models import (ModalityDims, FusionInputs, FusionOutput, FusionModel,
+    from . import (ModalityDims, FusionInputs, FusionOutput, FusionModel,
                                     available, build, build_from_config, load_hparams,
                                     save_checkpoint, load_checkpoint)
 

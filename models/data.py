@@ -475,7 +475,7 @@ def make_text_encoder(max_tokens: Optional[int] = None, finetune: Optional[str] 
     (and the sha256 of ``finetune``, fine-tuned layers applied over the model's, when given).
     """
     try:
-        from sentistream.perception.text import TextEncoder, TextEncoderOptions
+        from ..perception.text import TextEncoder, TextEncoderOptions
     except ImportError:
         TextEncoder = None  # type: ignore[assignment]
     if TextEncoder is not None:

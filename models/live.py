@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -39,10 +40,28 @@ class LivePrediction:
     text: str | None = None  # the transcript the model read (an earlier one with a background encoder)
 
 
+class EagerForward:
+    """Eager PyTorch: a live model's forward pass when no backend factory is given."""
+
+    name = "eager"
+
+    def __init__(self, live: LiveModel) -> None:
+        self.model, self.device = live.model, live.device
+
+    def __call__(self, inputs):
+        with torch.inference_mode():
+            return self.model(inputs.to(self.device))
+
+
+#: Makes a live model's forward pass from the model (``live.model``, ``live.device``, ``live.dims``).
+BackendFactory = Callable[["LiveModel"], Callable[[Any], Any]]
+
+
 class LiveModel:
-    def __init__(self, fusion_cfg, text_encoder, vision_dim: int, audio_dim: int, local_only: bool = False) -> None:
-        from sentistream.models.base import ModalityDims
-        from sentistream.models.registry import build, load_checkpoint
+    def __init__(self, fusion_cfg, text_encoder, vision_dim: int, audio_dim: int,
+                 backend_factory: BackendFactory | None = None) -> None:
+        from .base import ModalityDims
+        from .registry import build, load_checkpoint
 
         self.cfg = fusion_cfg
         self.text_encoder = text_encoder
@@ -70,72 +89,23 @@ class LiveModel:
             log.warning("no trained checkpoint: using an untrained %s placeholder (scores are meaningless)", zoo_name)
         self.device = torch.device(fusion_cfg.device)
         self.model.to(self.device).eval()
-        # How the forward pass runs (engine/backends.py), chosen on first use; or a fusion server.
-        self.local_only = local_only
-        self._backend = None
-        self._local_backend = None
-        self.server_failures = 0
+        # How the forward pass runs: handed in by the caller (the model knows no backend or server).
+        self.backend_factory = backend_factory
+        self._backend: Callable[[Any], Any] | None = None
 
     @property
-    def backend(self):
+    def backend(self) -> Callable[[Any], Any]:
+        """The forward pass of one window's inputs: what ``backend_factory`` made of this model
+        (engine/live_backend.py: a compiled / ONNX / TensorRT backend or a fusion server), on
+        first use; eager PyTorch without one."""
         if self._backend is None:
-            server = "" if self.local_only else getattr(self.cfg, "server", "")
             with torch.inference_mode(False):  # tracing/export must not run under inference mode
-                self._backend = self._remote(server) if server else self._local()
+                self._backend = (self.backend_factory or EagerForward)(self)
         return self._backend
-
-    def _local(self):
-        if self._local_backend is None:
-            from sentistream.engine.backends import BackendOptions, select_backend
-
-            opts = BackendOptions.from_config(self.cfg)
-            opts.onnx_prebuild = "background"  # a fast start: other buckets export while we run
-            self._local_backend = select_backend(opts, self.model, device=self.device)
-        return self._local_backend
-
-    def _remote(self, address: str):
-        from sentistream.engine.backends import model_fingerprint
-        from sentistream.engine.fusion_server import RemoteFusion, RemoteFusionError
-        from sentistream.engine.stage import FatalStageError
-
-        remote = RemoteFusion(address, timeout_s=float(getattr(self.cfg, "server_timeout_s", 2.0)))
-        try:
-            info = remote.info(timeout_s=max(5.0, remote.timeout_s))
-        except RemoteFusionError as exc:
-            remote.close()
-            raise FatalStageError(f"fusion.server: {exc}; start it with `sentistream serve --address {address}`") from None
-        mine = model_fingerprint(self.model)
-        if info.get("fingerprint") != mine or list(info.get("dims", [])) != list(self.dims):
-            remote.close()
-            raise FatalStageError(
-                f"fusion.server {address} serves {info.get('model')} (weights {info.get('fingerprint')}, "
-                f"dims {info.get('dims')}), but this engine is configured for {self.name} (weights {mine}, "
-                f"dims {list(self.dims)}): give `sentistream serve` the same [fusion] model/checkpoint"
-            )
-        log.info("fusion: windows go to the fusion server at %s (%s via %s)", address, info.get("model"), info.get("backend"))
-        return remote
-
-    def _forward(self, inputs):
-        """The backend's forward pass; a fusion server that fails is replaced by the local model
-        for that window (logged, counted), so a window is never lost to the network."""
-        backend = self.backend
-        if getattr(backend, "name", "") != "remote":
-            return backend(inputs)
-        try:
-            return backend(inputs)
-        except Exception as exc:  # RemoteFusionError, a timeout: score this window here
-            self.server_failures += 1
-            if self.server_failures in (1, 10, 100) or self.server_failures % 1000 == 0:
-                log.warning("fusion server failed (%s); window scored locally (%d so far)", exc, self.server_failures)
-            from sentistream.engine.backends import EagerBackend
-
-            if self._local_backend is None:
-                self._local_backend = EagerBackend(self.model, self.device)
-            return self._local_backend(inputs)
 
     def warm_up(self) -> None:
         """One forward pass at start-up, so the first live window does not pay for lazy init."""
-        from sentistream.engine.windowing import Window
+        from ..engine.windowing import Window
 
         empty = np.zeros((4, self.dims.vision), np.float32)
         window = Window(0.0, 1.0, empty, np.ones(4, bool), np.zeros((8, self.dims.audio), np.float32))
@@ -185,7 +155,7 @@ class LiveModel:
     def describe(self) -> dict:
         out = {"name": self.name, "placeholder": self.placeholder, "checkpoint": Path(self.checkpoint).name}
         if self._backend is not None:
-            out["backend"] = self._backend.name
+            out["backend"] = getattr(self._backend, "name", type(self._backend).__name__)
         return out
 
     def _tensor(self, x: np.ndarray, key: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +174,7 @@ class LiveModel:
     def inputs_for(self, window):
         """The model's inputs for one window ([1, L, D] each, on the model's device) and the text
         encoder's time in ms."""
-        from sentistream.models.base import FusionInputs
+        from .base import FusionInputs
 
         t_start = time.perf_counter()
         emb = self.text_encoder.encode(window.context_text)
@@ -230,7 +200,7 @@ class LiveModel:
         aud_mask = inputs.audio_mask
         vis_mask = inputs.vision_mask
         t_model = time.perf_counter()
-        out = self._forward(inputs)
+        out = self.backend(inputs)
         model_ms = (time.perf_counter() - t_model) * 1e3
         score = float(torch.clamp(out.score.reshape(-1)[0], -3.0, 3.0))
         if not np.isfinite(score):

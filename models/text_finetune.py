@@ -86,9 +86,9 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from sentistream.models.metrics import regression_metrics
-    from sentistream.models.training import seed_everything, warmup_cosine
-    from sentistream.perception.text import default_model_dir
+    from .metrics import regression_metrics
+    from .training import seed_everything, warmup_cosine
+    from ..perception.text import default_model_dir
 
     cfg = config or TextFinetuneConfig()
     if cfg.threads:
@@ -176,7 +176,7 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
 
 def std_fold(csv: Path, split: str) -> LabelledTexts:
     """The non-empty transcripts of one std (CMU-SDK) fold of mosi_transcripts.csv."""
-    from sentistream.models import data as data_mod
+    from . import data as data_mod
 
     cols = data_mod.read_mosi_transcripts(Path(csv))
     rows = [r for r in np.where(cols["std_split"] == split)[0] if str(cols["text"][r]).strip()]
@@ -195,7 +195,7 @@ def crossfit_dir(cache_dir: Optional[Path], key: str) -> Path:
     """Where the cross-fit fold encoders live. They are outputs train-live needs, not a cache that
     may be skipped, so ``"none"`` (no caching, as :func:`~sentistream.models.data.encode_texts`
     reads it) means the default cache folder here rather than a folder named ``none``."""
-    from sentistream.models import data as data_mod
+    from . import data as data_mod
 
     use_default = not cache_dir or str(cache_dir).strip().lower() == "none"
     return (data_mod.default_cache_dir() if use_default else Path(cache_dir).expanduser()) / "text_finetune" / key
@@ -219,9 +219,9 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
     the fusion model then over-trusts them and stops after a few epochs.)"""
     import hashlib
 
-    from sentistream.bench.common import stamp
-    from sentistream.models.live_training import asr_transcripts
-    from sentistream.perception.text import save_finetune
+    from ..provenance import stamp
+    from .augmentation import asr_transcripts
+    from ..perception.text import save_finetune
 
     cfg = config or TextFinetuneConfig()
     tr, va, te = (std_fold(data, s) for s in ("train", "valid", "test"))

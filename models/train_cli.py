@@ -11,9 +11,9 @@ from pathlib import Path
 def cmd_train(args) -> int:
     import tomllib
 
-    from sentistream.models import registry
-    from sentistream.models.data import load_dataset
-    from sentistream.models.training import TrainConfig, train_seeds
+    from . import registry
+    from .data import load_dataset
+    from .training import TrainConfig, best_of_seeds, train_seeds
 
     if args.model not in registry.available():
         print(f"error: unknown model {args.model!r} (available: {', '.join(registry.available())})", file=sys.stderr)
@@ -40,8 +40,7 @@ def cmd_train(args) -> int:
     summary = {"model": args.model, "data": str(args.data), "seeds": seeds,
                "valid": result.valid, "test": result.test}
     if args.out:
-        best = min(result.results, key=lambda r: r.valid.get(cfg.select_metric, float("inf"))
-                   if cfg.select_metric == "mae" else -r.valid.get(cfg.select_metric, 0.0))
+        best = best_of_seeds(result.results, cfg.select_metric)
         registry.save_checkpoint(best.model, args.out, meta={
             "data": str(args.data), "seed": best.seed, "valid": best.valid, "test": best.test,
             "normalisation": getattr(data, "normalisation", None) or {},
@@ -51,16 +50,20 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_train_live(args) -> int:
-    from sentistream.models.live_training import main
+#: Commands whose options all belong to their trainer: cli.main hands them the rest of the command
+#: line before argparse sees it (so `train-live --help` is the trainer's help).
+PASSTHROUGH_COMMANDS = ("train-live", "train-text")
 
-    return main(args.rest)
 
-
-def cmd_train_text(args) -> int:
-    from sentistream.models.text_finetune import main
-
-    return main(args.rest)
+def run_passthrough(command: str, argv: list[str]) -> int:
+    """The one dispatch of ``train-live`` / ``train-text``."""
+    if command == "train-live":
+        from .live_training import main
+    elif command == "train-text":
+        from .text_finetune import main
+    else:
+        raise ValueError(f"not a pass-through command: {command!r}")
+    return int(main(argv) or 0)
 
 
 def register(subparsers) -> None:
@@ -75,8 +78,8 @@ def register(subparsers) -> None:
     live = subparsers.add_parser("train-live", help="train the shipped live model (see models/MODEL_CARD.md)",
                                  add_help=False)
     live.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/live_training.py (--help for them)")
-    live.set_defaults(func=cmd_train_live)
+    live.set_defaults(func=lambda args: run_passthrough("train-live", args.rest))
     text = subparsers.add_parser("train-text", add_help=False,
                                  help="fine-tune the text encoder's top layers for the live model (then train-live)")
     text.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/text_finetune.py (--help for them)")
-    text.set_defaults(func=cmd_train_text)
+    text.set_defaults(func=lambda args: run_passthrough("train-text", args.rest))

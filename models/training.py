@@ -209,6 +209,21 @@ def _is_better(metric: str, new: float, best: Optional[float]) -> bool:
     return new > best
 
 
+def best_of_seeds(results: Sequence[TrainResult], metric: str) -> TrainResult:
+    """The run whose validation ``metric`` is best: lowest for a loss or an error (LOWER_IS_BETTER),
+    highest otherwise; a run without a finite value of it is never chosen over one with."""
+    _check_metric(metric)
+    if not results:
+        raise ValueError("no training runs to choose from")
+    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+
+    def key(r: TrainResult) -> float:
+        value = r.valid.get(metric)
+        return sign * float(value) if value is not None and np.isfinite(value) else float("inf")
+
+    return min(results, key=key)
+
+
 def _check_metric(metric: str) -> None:
     if metric not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
         raise ValueError(f"unknown select_metric {metric!r}; one of "

@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -118,13 +118,23 @@ def resolve_device(options: AsrOptions) -> tuple[str, str]:
     return device, compute_type
 
 
-def load_whisper(options: AsrOptions, num_workers: int = 1) -> WhisperModel:
-    """The one place a Whisper model is loaded; never downloads. With ``options.server`` set, a
-    client of that Whisper server (same ``transcribe`` interface) instead."""
-    if options.server:
-        from sentistream.engine.asr_server import RemoteWhisper
+class DecodeError(RuntimeError):
+    """One decode could not be done (a Whisper server that failed or timed out): the session
+    goes on without that decode's words."""
 
-        return RemoteWhisper(options.server, options.server_timeout_s)  # type: ignore[return-value]
+
+@runtime_checkable
+class SegmentDecoder(Protocol):
+    """A Whisper that decodes elsewhere (e.g. the Whisper server's client, engine/asr_server.py):
+    handed to :class:`StreamingRecognizer` in place of a local ``WhisperModel``; it raises
+    :class:`DecodeError` for a decode it could not do."""
+
+    def decode_segments(self, audio: np.ndarray, encoder_pad_s: float, **kwargs: Any) -> list[Any]: ...
+
+
+def load_whisper(options: AsrOptions, num_workers: int = 1) -> WhisperModel:
+    """The one place a local Whisper model is loaded; never downloads. (``options.server`` is
+    read by the caller that may hand a :class:`SegmentDecoder` instead: engine/asr_server.py.)"""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = options.model_dir or default_model_dir()
     if not os.path.isfile(os.path.join(model_dir, "model.bin")):
@@ -190,12 +200,9 @@ def transcribe_segments(model: Any, audio: np.ndarray, encoder_pad_s: float, **k
 
 
 def _transcribe_words(model: Any, audio: np.ndarray, options: AsrOptions, **kwargs: Any) -> list[Any]:
-    """Segments of one decode, on a local model or a Whisper server (``RemoteWhisper``)."""
-    from sentistream.engine.asr_server import RemoteWhisper  # zmq is loaded by every stage anyway
-
-    if isinstance(model, RemoteWhisper):
-        segments, _info = model.transcribe(audio, encoder_pad_s=options.encoder_pad_s, **kwargs)
-        return segments
+    """Segments of one decode, on a local model or a :class:`SegmentDecoder` (a Whisper server)."""
+    if isinstance(model, SegmentDecoder):
+        return model.decode_segments(audio, options.encoder_pad_s, **kwargs)
     return transcribe_segments(model, audio, options.encoder_pad_s, **kwargs)
 
 
@@ -288,11 +295,7 @@ def _whisper_words(model: Any, audio: np.ndarray, options: AsrOptions, prompt: s
     try:
         segments = _transcribe_words(model, audio, options, initial_prompt=prompt or None,
                                      max_new_tokens=max_new, **_decode_kwargs(options))
-    except RuntimeError as exc:
-        from sentistream.engine.asr_server import RemoteAsrError
-
-        if not isinstance(exc, RemoteAsrError):
-            raise
+    except DecodeError as exc:
         # The session goes on without this decode's words; the next decode re-reads the buffer.
         log.warning("ASR decode skipped: %s", exc)
         return []

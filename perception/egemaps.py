@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .audio_features import AudioFeatureFrames, AudioFeatureOptions, to_float_mono
+from .audio_types import AudioFeatureFrames, AudioFeatureOptions, to_float_mono
 
 EGEMAPS_DIM = 25
 HOP_S = 0.01  # openSMILE's eGeMAPS frame step

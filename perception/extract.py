@@ -62,10 +62,10 @@ class FeaturePipeline:
     """The live stages' per-message work, in one process."""
 
     def __init__(self, config) -> None:
-        from sentistream.perception.asr import StreamingRecognizer, load_whisper
-        from sentistream.perception.audio_features import feature_dim, make_audio_extractor
-        from sentistream.perception.face import FACE_FEATURE_DIM, FaceFeatureExtractor
-        from sentistream.perception.text import TextEncoder
+        from .asr import StreamingRecognizer, load_whisper
+        from .audio_features import feature_dim, make_audio_extractor
+        from .face import FACE_FEATURE_DIM, FaceFeatureExtractor
+        from .text import TextEncoder
 
         self.config = config
         self.face = FaceFeatureExtractor(config.face)
@@ -76,7 +76,7 @@ class FeaturePipeline:
         self.audio_dim = feature_dim(config.audio_features)
 
     def run(self, clip: ClipSpec) -> ClipFeatures:
-        from sentistream.perception.media import AudioItem, iter_media
+        from .media import AudioItem, iter_media
 
         src = self.config.source
         self.face.reset()
@@ -236,7 +236,7 @@ def extract(clips: list[ClipSpec], out: Path, config, progress: bool = True) -> 
 
 
 def cmd_extract(args) -> int:
-    from sentistream.engine.config import ConfigError, load_config
+    from ..engine.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)

@@ -10,8 +10,8 @@ With ``source.pace = "fast"`` the media stage also reads the events (flow contro
 
 from __future__ import annotations
 
-from sentistream.engine.config import EngineConfig
-from sentistream.pipelines.definition import Pipeline, StageDef
+from ..engine.config import EngineConfig
+from .definition import Pipeline, StageDef
 
 
 def standard_pipeline(config: EngineConfig) -> Pipeline:

@@ -13,9 +13,9 @@ import zmq
 from conftest import sentistream_cmd
 from test_asr import CHUNK, SENTENCES, text_of, tts, wer
 
-from sentistream.engine.asr_server import RemoteWhisper
+from sentistream.engine.asr_server import RemoteWhisper, open_whisper
 from sentistream.engine.messages import Message, encode, now_ns
-from sentistream.perception.asr import AsrOptions, StreamingRecognizer, load_whisper
+from sentistream.perception.asr import AsrOptions, StreamingRecognizer
 
 
 def _free_port() -> int:
@@ -38,7 +38,7 @@ def server():
 
 
 def _session(address: str, audio: np.ndarray, out: dict, key: int) -> None:
-    rec = StreamingRecognizer(AsrOptions(server=address), load_whisper(AsrOptions(server=address)))
+    rec = StreamingRecognizer(AsrOptions(server=address), open_whisper(AsrOptions(server=address)))
     words = []
     for n, k in enumerate(range(0, audio.size, CHUNK), 1):
         rec.add_audio(audio[k : k + CHUNK], k / 16000)
@@ -96,7 +96,7 @@ def test_bad_requests_are_answered_and_the_server_goes_on(server, tmp_path):
 def test_unreachable_server_skips_the_decode_not_the_session(tmp_path):
     address = f"tcp://127.0.0.1:{_free_port()}"  # nobody listens
     rec = StreamingRecognizer(AsrOptions(server=address, server_timeout_s=0.5),
-                              load_whisper(AsrOptions(server=address, server_timeout_s=0.5)))
+                              open_whisper(AsrOptions(server=address, server_timeout_s=0.5)))
     audio = tts(SENTENCES[0], tmp_path / "a.wav")
     for k in range(0, audio.size, CHUNK):
         rec.add_audio(audio[k : k + CHUNK], k / 16000)

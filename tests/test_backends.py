@@ -117,11 +117,13 @@ def cache_dir(tmp_path_factory):
 
 
 def _live(name: str, encoder, **cfg):
+    from sentistream.engine.live_backend import live_backend
     from sentistream.models.live import LiveModel
     from sentistream.perception.audio_features import feature_dim
     from sentistream.perception.face import FACE_FEATURE_DIM
 
-    return LiveModel(FusionConfig(model=name, **cfg), encoder, FACE_FEATURE_DIM, feature_dim())
+    fusion = FusionConfig(model=name, **cfg)
+    return LiveModel(fusion, encoder, FACE_FEATURE_DIM, feature_dim(), backend_factory=live_backend(fusion))
 
 
 @pytest.fixture(scope="module")

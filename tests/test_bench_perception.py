@@ -1,6 +1,6 @@
 """The perception bench's WER scoring on hand-computed cases."""
 
-from sentistream.bench.perception import edit_distance, normalise, wer
+from sentistream.perception.wer import edit_distance, normalise, wer
 
 
 def test_normalise_expands_contractions_on_both_sides():

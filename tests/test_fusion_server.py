@@ -14,8 +14,9 @@ import zmq
 from conftest import sentistream_cmd
 from sentistream.engine.backends import EagerBackend, ShapePlan, example_inputs_for, model_fingerprint
 from sentistream.engine.config import FusionConfig
-from sentistream.engine.fusion_server import (FusionServer, RemoteFusion, RemoteFusionError,
-                                              inputs_to_arrays)
+from sentistream.engine.fusion_client import RemoteFusion
+from sentistream.engine.fusion_server import FusionServer
+from sentistream.engine.fusion_wire import RemoteFusionError, inputs_to_arrays
 from sentistream.engine.messages import Message, encode, now_ns
 from sentistream.engine.supervisor import free_tcp_port
 from sentistream.models import DEFAULT_DIMS, build
@@ -181,11 +182,13 @@ def test_unreachable_server_is_a_clear_error():
 
 
 def _live(encoder, **cfg):
+    from sentistream.engine.live_backend import live_backend
     from sentistream.models.live import LiveModel
     from sentistream.perception.audio_features import feature_dim
     from sentistream.perception.face import FACE_FEATURE_DIM
 
-    return LiveModel(FusionConfig(model="almt", **cfg), encoder, FACE_FEATURE_DIM, feature_dim())
+    fusion = FusionConfig(model="almt", **cfg)
+    return LiveModel(fusion, encoder, FACE_FEATURE_DIM, feature_dim(), backend_factory=live_backend(fusion))
 
 
 def test_serve_cli_and_live_model_over_the_server(tmp_path):
@@ -226,7 +229,7 @@ def test_serve_cli_and_live_model_over_the_server(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         c = remote.predict(window)  # the server is gone: scored locally, same numbers
-        assert abs(c.score - b.score) < 1e-5 and remote.server_failures == 1
+        assert abs(c.score - b.score) < 1e-5 and remote.backend.failures == 1
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -105,7 +105,7 @@ def _live(ckpt, encoder):
     from sentistream.perception.face import FACE_FEATURE_DIM
 
     return LiveModel(FusionConfig(checkpoint=str(ckpt), backend="eager"), encoder,
-                     vision_dim=FACE_FEATURE_DIM, audio_dim=feature_dim(), local_only=True)
+                     vision_dim=FACE_FEATURE_DIM, audio_dim=feature_dim())
 
 
 def test_live_model_brings_its_text_encoder_layers(finetuned, tmp_path):

@@ -321,7 +321,7 @@ def test_mosi_text_loader_caches_and_masks_av(tmp_path):
 
 # --------------------------------------------------------------------------- live trainer pieces
 def test_live_augment_shapes_like_live_windows():
-    from sentistream.models import live_training as lt
+    from sentistream.models import augmentation as lt
 
     dims = ModalityDims(6, 5, 4)
     rng = np.random.default_rng(0)
@@ -355,8 +355,8 @@ def test_load_run_config_layers_user_toml(tmp_path):
 def test_live_asr_copies_real_speech_and_whisper(tmp_path):
     """train-live's ASR copies: real espeak-ng speech read by the engine's real Whisper, cached,
     then appended to the train split with the same labels."""
-    from sentistream.bench.perception import wer
-    from sentistream.models import live_training as lt
+    from sentistream.perception.wer import wer
+    from sentistream.models import augmentation as lt
 
     texts = ["i really love this movie it is wonderful", "the acting was terrible and boring"]
     hyps, info = lt.asr_transcripts(texts, tmp_path, seed=0)
@@ -373,3 +373,24 @@ def test_live_asr_copies_real_speech_and_whisper(tmp_path):
     assert list(both.ids) == ["a", "b", "a#asr", "b#asr"] and list(both.raw_text[2:]) == hyps
     assert [len(both.text.get(i)) for i in range(4)] == [3, 2] + [len(h.split()) + 2 for h in hyps]
     assert not both.audio.lengths.any() and not both.vision.lengths.any()
+
+
+def _run(seed: int, valid: dict[str, float]) -> training.TrainResult:
+    return training.TrainResult(model=None, valid=valid, test={}, best_epoch=1, epochs_run=1, history=[],
+                                config=training.TrainConfig(), seed=seed, seconds=0.0)
+
+
+@pytest.mark.parametrize("metric, values, best", [
+    ("loss", [0.9, 0.2, 0.5], 1),  # lower is better (the seed with the highest loss was saved before)
+    ("mae", [0.9, 0.2, float("nan")], 1),  # a NaN is never the best
+    ("acc2_non0", [0.7, 0.8, 0.75], 1),  # higher is better
+    ("corr", [float("nan"), 0.1, 0.3], 2),
+])
+def test_best_of_seeds_follows_the_metric_direction(metric, values, best):
+    runs = [_run(i, {metric: v}) for i, v in enumerate(values)]
+    assert training.best_of_seeds(runs, metric).seed == best
+
+
+def test_best_of_seeds_refuses_an_unknown_metric():
+    with pytest.raises(ValueError, match="unknown select_metric"):
+        training.best_of_seeds([_run(0, {"x": 1.0})], "x")

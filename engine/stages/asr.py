@@ -14,18 +14,19 @@ import queue
 import threading
 from dataclasses import asdict
 
-from sentistream.engine.messages import Message, now_ns
-from sentistream.engine.stage import Stage
+from ..messages import Message, now_ns
+from ..stage import Stage
 
 log = logging.getLogger("sentistream.asr")
 
 
 class AsrStage(Stage):
     def setup(self) -> None:
-        from sentistream.perception.asr import StreamingRecognizer, load_whisper
+        from ...perception.asr import StreamingRecognizer
+        from ..asr_server import open_whisper
 
         opts = self.config.asr
-        self.recognizer = StreamingRecognizer(opts, load_whisper(opts))
+        self.recognizer = StreamingRecognizer(opts, open_whisper(opts))
         self.updates: queue.Queue = queue.Queue()
         self.audio_end = 0.0
         # (media time, capture ns) of each chunk's first sample: maps word times to capture times

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sentistream.engine.messages import Message
-from sentistream.engine.stage import Stage
+from ..messages import Message
+from ..stage import Stage
 
 
 class AudioFeatureStage(Stage):
     def setup(self) -> None:
-        from sentistream.perception.audio_features import make_audio_extractor
+        from ...perception.audio_features import make_audio_extractor
 
         self.extractor = make_audio_extractor(self.config.audio_features)
         self.expected_t: float | None = None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sentistream.engine.messages import Message
-from sentistream.engine.stage import Stage
+from ..messages import Message
+from ..stage import Stage
 
 
 class FaceStage(Stage):
     def setup(self) -> None:
-        from sentistream.perception.face import FaceFeatureExtractor
+        from ...perception.face import FaceFeatureExtractor
 
         self.extractor = FaceFeatureExtractor(self.config.face)
         self.last_t = -1.0

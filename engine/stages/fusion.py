@@ -22,10 +22,10 @@ import logging
 import math
 import time
 
-from sentistream.engine.messages import Message, now_ns
-from sentistream.engine.stage import FatalStageError, Stage
-from sentistream.engine.windowing import CompleteClock, FrameTrigger, WindowBuffer, WordSpan
-from sentistream.perception.text import BackgroundTextEncoder
+from ..messages import Message, now_ns
+from ..stage import FatalStageError, Stage
+from ..windowing import CompleteClock, FrameTrigger, WindowBuffer, WordSpan
+from ...perception.text import BackgroundTextEncoder
 
 log = logging.getLogger("sentistream.fusion")
 
@@ -40,10 +40,11 @@ def _ms(a_ns: int, b_ns: int) -> float:
 
 class FusionStage(Stage):
     def setup(self) -> None:
-        from sentistream.models.live import LiveModel
-        from sentistream.perception.audio_features import feature_dim
-        from sentistream.perception.face import FACE_FEATURE_DIM
-        from sentistream.perception.text import TextEncoder
+        from ...models.live import LiveModel
+        from ..live_backend import live_backend
+        from ...perception.audio_features import feature_dim
+        from ...perception.face import FACE_FEATURE_DIM
+        from ...perception.text import TextEncoder
 
         import torch
 
@@ -60,7 +61,8 @@ class FusionStage(Stage):
             encoder = TextEncoder(self.config.text)
             if self.config.text.background:
                 encoder = BackgroundTextEncoder(encoder)  # a changed transcript never delays an event
-            self.model = LiveModel(self.config.fusion, encoder, FACE_FEATURE_DIM, self.audio_dim)
+            self.model = LiveModel(self.config.fusion, encoder, FACE_FEATURE_DIM, self.audio_dim,
+                                   backend_factory=live_backend(self.config.fusion))
         except (FileNotFoundError, ValueError) as exc:
             # A missing model file or a checkpoint that does not fit its text encoder: a restart
             # cannot fix it, so the graph stops with the reason instead of respawning this stage.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sentistream.engine.messages import Message
-from sentistream.engine.stage import Stage
+from ..messages import Message
+from ..stage import Stage
 
 
 class SinkStage(Stage):

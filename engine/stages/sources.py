@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sentistream.engine.messages import Message, now_ns
-from sentistream.engine.stage import FatalStageError, Stage
+from ..messages import Message, now_ns
+from ..stage import FatalStageError, Stage
 
 log = logging.getLogger("sentistream.sources")
 
@@ -39,7 +39,7 @@ class FileSource(Stage):
     """
 
     def setup(self) -> None:
-        from sentistream.perception.media import MediaError, probe_media
+        from ...perception.media import MediaError, probe_media
 
         src = self.config.source
         self.path = Path(self.params.get("path") or (src.path if src.kind == "file" else demo_clip_path()))
@@ -62,7 +62,7 @@ class FileSource(Stage):
 
     def _check_decodable(self) -> None:
         """Fail before the session starts, in one line, on a file with nothing to play."""
-        from sentistream.perception.media import MediaError, iter_media
+        from ...perception.media import MediaError, iter_media
 
         src = self.config.source
         items = iter_media(self.path, src.sample_rate, src.audio_chunk_ms, src.width, src.height)
@@ -150,7 +150,7 @@ class FileSource(Stage):
 
     def _play_once(self, offset: float, duration: float) -> float:
         """Play the file once with media times shifted by `offset`; returns its length in s."""
-        from sentistream.perception.media import AudioItem, MediaError, iter_media
+        from ...perception.media import AudioItem, MediaError, iter_media
 
         src = self.config.source
         sr = src.sample_rate
