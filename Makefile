@@ -7,13 +7,23 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := libportaudio2 ffmpeg espeak-ng sox chromium chromium-driver
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test setup system-deps bench clean
+.PHONY: demo test lint format setup system-deps bench clean
 
 demo: setup
 	$(BIN)/sentistream run --source demo
 
 test: setup
 	$(BIN)/python -m pytest
+
+# ruff (lint + format check) and pyright (basic), configured in pyproject.toml: see CONTRIBUTING.md.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright --pythonpath $(BIN)/python
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 setup: system-deps $(STAMP)
 
@@ -40,7 +50,7 @@ $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,opensmile]'  # opensmile: so its optional extractor is tested
+	$(BIN)/python -m pip install -q -e '.[test,lint,opensmile]'  # opensmile: so its optional extractor is tested
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 

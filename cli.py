@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at ru
 
 log = logging.getLogger("sentistream")
 
+
 def _command_modules() -> list[Any]:
     """Modules that add sub-commands; each exposes register(subparsers) and imports heavy
     libraries only inside its command function, so `sentistream --help` stays fast."""
@@ -82,7 +83,11 @@ def _preflight_devices(cfg) -> str | None:
             import sounddevice as sd
         except OSError as exc:
             return f"microphone {src.microphone!r}: PortAudio is missing ({exc}); apt-get install libportaudio2"
-        device = None if src.microphone == "default" else (int(src.microphone) if src.microphone.isdigit() else src.microphone)
+        device = (
+            None
+            if src.microphone == "default"
+            else (int(src.microphone) if src.microphone.isdigit() else src.microphone)
+        )
         try:
             sd.check_input_settings(device=device, channels=1, samplerate=src.sample_rate, dtype="float32")
         except Exception as exc:
@@ -175,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--events", default=None, help="address to publish events on, e.g. tcp://127.0.0.1:5557")
     run.add_argument("--model", default=None, help="fusion model: 'default' or a zoo name")
     run.add_argument(
-        "--view", choices=["auto", "live", "lines", "none"], default="auto", help="terminal output (auto: live on a TTY)"
+        "--view",
+        choices=["auto", "live", "lines", "none"],
+        default="auto",
+        help="terminal output (auto: live on a TTY)",
     )
     run.add_argument(
         "--dashboard",

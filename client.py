@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+
 from .engine.protocol import (
     EVENT_SCHEMA,
     EVENTS_TOPIC,
@@ -423,7 +424,9 @@ class SentimentClient:
                     self._subscribers.remove(q)
 
     # ---- async iteration -------------------------------------------------------------
-    async def aevents(self, timeout: float | None = None, *, stop_at_eos: bool = False) -> AsyncIterator[SentimentEvent]:
+    async def aevents(
+        self, timeout: float | None = None, *, stop_at_eos: bool = False
+    ) -> AsyncIterator[SentimentEvent]:
         """Like events(), on its own zmq.asyncio socket (no thread involved)."""
         import zmq.asyncio
 
@@ -506,7 +509,9 @@ class SentimentClient:
                     last_msg = now
                     with self._cond:
                         self.stats.reconnects += 1
-                    log.info("no events for %.1f s; re-created the subscription to %s", self.reconnect_after_s, self.address)
+                    log.info(
+                        "no events for %.1f s; re-created the subscription to %s", self.reconnect_after_s, self.address
+                    )
         except Exception:  # never let the receiver die silently
             log.exception("sentistream client receiver stopped")
         finally:
@@ -576,7 +581,9 @@ class SentimentClient:
                     self._history.clear()
                     log.info("engine restarted: new session (event seq %d after %d)", ev.seq, self._last_seq)
                 else:
-                    log.info("fusion restarted (event seq %d after %d); the stream clock continues", ev.seq, self._last_seq)
+                    log.info(
+                        "fusion restarted (event seq %d after %d); the stream clock continues", ev.seq, self._last_seq
+                    )
             elif ev.seq > self._last_seq + 1:
                 st.missed += ev.seq - self._last_seq - 1
         self.session_ended = False

@@ -6,15 +6,27 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent
 
-VERSION_PACKAGES = ("torch", "onnxruntime", "onnx", "numpy", "pyzmq", "faster-whisper", "ctranslate2",
-                    "transformers", "mediapipe", "torch-tensorrt", "tensorrt")
+VERSION_PACKAGES = (
+    "torch",
+    "onnxruntime",
+    "onnx",
+    "numpy",
+    "pyzmq",
+    "faster-whisper",
+    "ctranslate2",
+    "transformers",
+    "mediapipe",
+    "torch-tensorrt",
+    "tensorrt",
+)
 
 
 def cpu_name() -> str:
@@ -40,8 +52,12 @@ def gpu_info() -> dict[str, Any]:
     except Exception:  # pragma: no cover - a broken CUDA install
         pass
     try:
-        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=10)
+        q = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if q.returncode == 0 and q.stdout.strip():
             name, driver, mem = [x.strip() for x in q.stdout.strip().splitlines()[0].split(",")]
             out.setdefault("gpu", name)
@@ -64,10 +80,12 @@ def package_versions(names: Iterable[str] = VERSION_PACKAGES) -> dict[str, str]:
 
 def git_commit() -> str:
     try:
-        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                           text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10)
+        r = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+        )
         if r.returncode == 0:
             return r.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -78,7 +96,7 @@ def git_commit() -> str:
 def stamp(device: str, command: str, smoke: bool) -> dict[str, Any]:
     """Where, when and how a result was measured."""
     return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command,
         "smoke": smoke,
         "device": device,

@@ -91,6 +91,7 @@ from .accuracy_spoken import suite_spoken
 from .accuracy_text import suite_text
 from .accuracy_utterance import suite_utterance, utterance_zoo_ensemble
 
+
 # --------------------------------------------------------------------------- CLI
 def _command_line() -> str:
     argv = sys.argv[1:]
@@ -120,8 +121,11 @@ def run(args) -> int:
     command = args.command_line or _command_line()
     t0 = time.perf_counter()
     for suite in suites:
-        models = ([m.strip().lower() for m in args.models.split(",") if m.strip()] if args.models
-                  else list(QUICK_MODELS[suite] if args.quick else DEFAULT_MODELS[suite]))
+        models = (
+            [m.strip().lower() for m in args.models.split(",") if m.strip()]
+            if args.models
+            else list(QUICK_MODELS[suite] if args.quick else DEFAULT_MODELS[suite])
+        )
         if args.models:  # --models applies to each suite; keep the names that suite knows
             known = set(DEFAULT_MODELS[suite])
             models = [m for m in models if m in known]
@@ -148,39 +152,65 @@ def cmd_accuracy(args) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suites", default=",".join(SUITES), help="comma list of " + ", ".join(SUITES))
-    p.add_argument("--models", default="",
-                   help="comma list; applies to every suite, each keeping the names it knows "
-                        f"(mosi_utterance: {', '.join(ZOO)}; mosi_text: {', '.join(TEXT_HEADS + ZOO)}; "
-                        f"mosi_spoken: {', '.join(SPOKEN_ROWS)}); default: all")
+    p.add_argument(
+        "--models",
+        default="",
+        help="comma list; applies to every suite, each keeping the names it knows "
+        f"(mosi_utterance: {', '.join(ZOO)}; mosi_text: {', '.join(TEXT_HEADS + ZOO)}; "
+        f"mosi_spoken: {', '.join(SPOKEN_ROWS)}); default: all",
+    )
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma list of seeds (quick: the first)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"zoo models: epochs per run = min(this, configured) (default {DEFAULT_EPOCH_CAP}); "
-                        f"mlp: epochs (default {MLP_EPOCHS})")
-    p.add_argument("--contexts", default="0,4,8",
-                   help="mosi_utterance: context lengths K tried on valid per model (quick: 0,2); "
-                        "'shared' = the K with the lowest mean valid MAE over the models already swept "
-                        "in accuracy.json")
-    p.add_argument("--ensemble", type=int, default=1,
-                   help="mosi_utterance: N > 1 adds a row <model>_ensN, the mean score of N models "
-                        "trained with different seeds, for each seed (default 1: single models)")
-    p.add_argument("--zoo-ensemble", default="", metavar="topN|M1,M2,..",
-                   help="mosi_utterance: instead of single models, a row zoo_ens_<members>: the mean score of "
-                        "different zoo models (topN: the N with the lowest recorded valid MAE), each at its "
-                        "recorded K, per seed")
-    p.add_argument("--refit", action="store_true",
-                   help="mosi_utterance: retrain each selected run on train + valid for its chosen epochs "
-                        "and score that on test (row <name>[_ensN]_refit)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"zoo models: epochs per run = min(this, configured) (default {DEFAULT_EPOCH_CAP}); "
+        f"mlp: epochs (default {MLP_EPOCHS})",
+    )
+    p.add_argument(
+        "--contexts",
+        default="0,4,8",
+        help="mosi_utterance: context lengths K tried on valid per model (quick: 0,2); "
+        "'shared' = the K with the lowest mean valid MAE over the models already swept "
+        "in accuracy.json",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="mosi_utterance: N > 1 adds a row <model>_ensN, the mean score of N models "
+        "trained with different seeds, for each seed (default 1: single models)",
+    )
+    p.add_argument(
+        "--zoo-ensemble",
+        default="",
+        metavar="topN|M1,M2,..",
+        help="mosi_utterance: instead of single models, a row zoo_ens_<members>: the mean score of "
+        "different zoo models (topN: the N with the lowest recorded valid MAE), each at its "
+        "recorded K, per seed",
+    )
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="mosi_utterance: retrain each selected run on train + valid for its chosen epochs "
+        "and score that on test (row <name>[_ensN]_refit)",
+    )
     p.add_argument("--ft-epochs", type=int, default=None, help=f"minilm_ft epochs (default {FT_EPOCHS})")
     p.add_argument("--ft-lr", type=float, default=5e-5, help="minilm_ft encoder learning rate")
     p.add_argument("--npz", default=str(DEFAULT_NPZ), help="mosi_utterances.npz")
     p.add_argument("--transcripts", default=str(DEFAULT_CSV), help="mosi_transcripts.csv")
     p.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT), help="live model for mosi_spoken")
     p.add_argument("--asr", choices=("batch", "streaming"), default="batch", help="mosi_spoken ASR mode")
-    p.add_argument("--spoken-utterances", type=int, default=None,
-                   help="mosi_spoken: first N std-test utterances (default all; quick 4)")
+    p.add_argument(
+        "--spoken-utterances",
+        type=int,
+        default=None,
+        help="mosi_spoken: first N std-test utterances (default all; quick 4)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch / ASR threads")
-    p.add_argument("--quick", action="store_true",
-                   help="tests: 1 seed, 2 epochs, 2 models per suite, subsampled splits")
+    p.add_argument(
+        "--quick", action="store_true", help="tests: 1 seed, 2 epochs, 2 models per suite, subsampled splits"
+    )
     p.add_argument("--subsample", type=int, default=None, help="train rows kept (valid n/3, test n/2)")
     p.add_argument("--progress", action="store_true", help="per-epoch progress bars")
     p.add_argument("--fresh", action="store_true", help="start a new accuracy.json instead of merging")
@@ -190,8 +220,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(bench_subparsers) -> None:
     p = bench_subparsers.add_parser(
-        "accuracy", help="MOSI accuracy of the zoo (utterance features, transcripts) and the live model "
-                         "(spoken test utterances)")
+        "accuracy",
+        help="MOSI accuracy of the zoo (utterance features, transcripts) and the live model (spoken test utterances)",
+    )
     add_arguments(p)
     p.set_defaults(func=cmd_accuracy)
 

@@ -25,12 +25,10 @@ DEFAULT_CHECKPOINT = REPO / "models" / "live_model.safetensors"
 SUITES = ("mosi_utterance", "mosi_text", "mosi_spoken")
 ZOO = ("almt", "kuda", "msfn", "mldfa", "tfn", "lmf", "mult")
 TEXT_HEADS = ("ridge", "mlp", "minilm_ft")
-SPOKEN_ROWS = ("live_ref_text", "live_asr_text", "live_asr_text_audio", "live_asr_plain_text",
-               "live_asr_text_gapped")
+SPOKEN_ROWS = ("live_ref_text", "live_asr_text", "live_asr_text_audio", "live_asr_plain_text", "live_asr_text_gapped")
 METRICS = ("acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7", "acc5", "mae", "corr")
 DEFAULT_MODELS = {"mosi_utterance": ZOO, "mosi_text": TEXT_HEADS + ZOO, "mosi_spoken": SPOKEN_ROWS}
-QUICK_MODELS = {"mosi_utterance": ("lmf", "msfn"), "mosi_text": ("ridge", "mlp"),
-                "mosi_spoken": SPOKEN_ROWS}
+QUICK_MODELS = {"mosi_utterance": ("lmf", "msfn"), "mosi_text": ("ridge", "mlp"), "mosi_spoken": SPOKEN_ROWS}
 DEFAULT_EPOCH_CAP = 20  # zoo runs: min(this, the model's configured epochs); --epochs overrides
 MLP_EPOCHS = 60
 FT_EPOCHS = 5
@@ -38,8 +36,10 @@ FT_EPOCHS = 5
 #: Reference figures from issue 4 (fractions; MAE / Corr as is) and the goals.
 REFERENCE = {
     "mosi_utterance": {
-        "floors": {"ridge (3 concatenated vectors)": {"acc2_non0": 0.778, "mae": 0.95},
-                   "bc-LSTM anchor (bidirectional context)": {"acc2_non0": 0.803}},
+        "floors": {
+            "ridge (3 concatenated vectors)": {"acc2_non0": 0.778, "mae": 0.95},
+            "bc-LSTM anchor (bidirectional context)": {"acc2_non0": 0.803},
+        },
         "goal": "best model >= 80.5 % acc2_non0 using only earlier utterances of the same video",
         "goal_check": {"acc2_non0": (">=", 0.805)},
     },
@@ -49,8 +49,7 @@ REFERENCE = {
         "goal_check": {"acc2_non0": (">=", 0.82), "mae": ("<=", 0.80)},
     },
     "mosi_spoken": {
-        "floors": {"batch tiny.en WER on a 40-utterance sample (before normalising contractions)":
-                   {"wer": 0.31}},
+        "floors": {"batch tiny.en WER on a 40-utterance sample (before normalising contractions)": {"wer": 0.31}},
         "goal": "within 3 points of mosi_text on acc2_non0",
     },
 }
@@ -77,9 +76,14 @@ def _locked(path: Path):
         yield
 
 
-def merge_results(out_dir: Path, suite: str, rows: dict[str, dict[str, float]],
-                  suite_meta: dict[str, Any], model_meta: dict[str, dict[str, Any]],
-                  fresh: bool = False) -> dict[str, Any]:
+def merge_results(
+    out_dir: Path,
+    suite: str,
+    rows: dict[str, dict[str, float]],
+    suite_meta: dict[str, Any],
+    model_meta: dict[str, dict[str, Any]],
+    fresh: bool = False,
+) -> dict[str, Any]:
     """Read-modify-write ``accuracy.json`` under a lock; rewrite ``accuracy.md``. Returns the data."""
     path = out_dir / "accuracy.json"
     with _locked(path):
@@ -101,8 +105,10 @@ def merge_results(out_dir: Path, suite: str, rows: dict[str, dict[str, float]],
             data[suite][name] = row
         models_meta.update(model_meta)
         sm["models"] = models_meta
-        meta["units"] = ("accuracies and F1 are fractions in [0, 1]; mae and corr as MMSA reports them; "
-                         "<metric>_std is the population std over seeds (0 where one deterministic run)")
+        meta["units"] = (
+            "accuracies and F1 are fractions in [0, 1]; mae and corr as MMSA reports them; "
+            "<metric>_std is the population std over seeds (0 where one deterministic run)"
+        )
         meta["metrics"] = list(METRICS)
         ordered = {s: data[s] for s in SUITES if s in data}
         ordered.update({k: v for k, v in data.items() if k not in ordered and k != "meta"})
@@ -136,11 +142,17 @@ def _fmt(metric: str, v: float | None, std: float | None = None) -> str:
 
 def render_markdown(data: dict[str, Any]) -> str:
     meta = data.get("meta", {})
-    lines = ["# Accuracy benchmark", "",
-             ("Test-split figures after model selection on the validation split only (MMSA metrics; "
-             "Acc / F1 in %, mean ± population std over seeds). Written by `sentistream bench accuracy`; "
-             "the exact command of every row, the validation figures and the per-seed runs are in "
-             "`accuracy.json` (`meta`)."), ""]
+    lines = [
+        "# Accuracy benchmark",
+        "",
+        (
+            "Test-split figures after model selection on the validation split only (MMSA metrics; "
+            "Acc / F1 in %, mean ± population std over seeds). Written by `sentistream bench accuracy`; "
+            "the exact command of every row, the validation figures and the per-seed runs are in "
+            "`accuracy.json` (`meta`)."
+        ),
+        "",
+    ]
     for suite in SUITES:
         if suite not in data and suite not in meta:
             continue
@@ -184,9 +196,11 @@ def render_markdown(data: dict[str, Any]) -> str:
             lines.append("Command(s): " + "; ".join(f"`{c}`" for c in cmds))
         if sm.get("machine"):
             mach = sm["machine"]
-            lines.append(f"Machine: {mach.get('cpu', '?')} ({mach.get('cpu_count', '?')} logical CPUs, "
-                         f"shared), torch {mach.get('versions', {}).get('torch', '?')}, git "
-                         f"{mach.get('git', '?')}; date {sm.get('date', '?')}.")
+            lines.append(
+                f"Machine: {mach.get('cpu', '?')} ({mach.get('cpu_count', '?')} logical CPUs, "
+                f"shared), torch {mach.get('versions', {}).get('torch', '?')}, git "
+                f"{mach.get('git', '?')}; date {sm.get('date', '?')}."
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
@@ -204,8 +218,7 @@ def goal_status(suite: str, rows: dict[str, dict[str, float]]) -> str:
     if best is None:
         return ""
     r = rows[best]
-    ok = all((r.get(k, np.nan) >= v) if op == ">=" else (r.get(k, np.nan) <= v)
-             for k, (op, v) in check.items())
+    ok = all((r.get(k, np.nan) >= v) if op == ">=" else (r.get(k, np.nan) <= v) for k, (op, v) in check.items())
     figs = ", ".join(f"{k} {_fmt(k, r.get(k))}" for k in check)
     return f"Best by acc2_non0: {best} ({figs}): goal {'met' if ok else 'NOT met'}."
 
@@ -226,21 +239,27 @@ def test_row(agg: dict[str, float]) -> dict[str, float]:
 
 
 def run_summary(r) -> dict[str, Any]:
-    return {"seed": r.seed, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
-            "seconds": round(r.seconds, 1), "valid": rounded(r.valid), "test": rounded(r.test)}
+    return {
+        "seed": r.seed,
+        "best_epoch": r.best_epoch,
+        "epochs_run": r.epochs_run,
+        "seconds": round(r.seconds, 1),
+        "valid": rounded(r.valid),
+        "test": rounded(r.test),
+    }
 
 
 def rounded(d: dict[str, float], n: int = 5) -> dict[str, float]:
-    return {k: (round(float(v), n) if isinstance(v, (int, float)) and np.isfinite(v) else v)
-            for k, v in d.items()}
+    return {k: (round(float(v), n) if isinstance(v, (int, float)) and np.isfinite(v) else v) for k, v in d.items()}
 
 
 def run_stamp(command: str, quick: bool) -> dict[str, Any]:
     from .common import stamp
 
     s = stamp("cpu", command, quick)
-    return {k: s[k] for k in ("cpu", "cpu_count", "platform", "versions", "git", "loadavg_start")
-            if k in s} | ({"gpu": s["gpu"]} if "gpu" in s else {})
+    return {k: s[k] for k in ("cpu", "cpu_count", "platform", "versions", "git", "loadavg_start") if k in s} | (
+        {"gpu": s["gpu"]} if "gpu" in s else {}
+    )
 
 
 def utc_now() -> str:
@@ -267,8 +286,7 @@ def zoo_train_config(name: str, epoch_cap: int, threads: int, progress: bool):
     from ..models import training
 
     base = training.TrainConfig.for_model(name)
-    over: dict[str, Any] = {"epochs": max(1, min(base.epochs, epoch_cap)), "num_threads": threads,
-                            "progress": progress}
+    over: dict[str, Any] = {"epochs": max(1, min(base.epochs, epoch_cap)), "num_threads": threads, "progress": progress}
     if base.stage1_epochs:
         over["stage1_epochs"] = max(1, min(base.stage1_epochs, epoch_cap // 4))
     return training.TrainConfig.for_model(name, **over)

@@ -27,6 +27,7 @@ from .accuracy_common import (
     zoo_train_config,
 )
 
+
 # --------------------------------------------------------------------------- mosi_utterance
 def add_current_flag(ds) -> Any:
     """Append one channel to every step of every modality: 1 on the current utterance (the last
@@ -41,8 +42,7 @@ def add_current_flag(ds) -> Any:
             lens = st.lengths
             ends = st.offsets[1:][lens > 0] - 1
             flag[ends, 0] = 1.0
-            setattr(sp, m, SequenceStore(np.concatenate([st.flat, flag], axis=1), st.offsets.copy(),
-                                         st.dim + 1))
+            setattr(sp, m, SequenceStore(np.concatenate([st.flat, flag], axis=1), st.offsets.copy(), st.dim + 1))
     ds.info["current_flag"] = "one extra input channel: 1 = current utterance, 0 = earlier context"
     return ds
 
@@ -68,12 +68,16 @@ def check_causal_context(ds, npz: Path, context: int) -> dict[str, Any]:
             same = np.where((vids == vids[i]) & (seg < seg[i]))[0]
             same = same[np.argsort(seg[same])][-context:] if context > 0 else same[:0]
             expect = x[np.concatenate([same, [i]])]
-            got = sp.text.get(j)[:, :x.shape[1]]
+            got = sp.text.get(j)[:, : x.shape[1]]
             checked += 1
             if got.shape != expect.shape or not np.allclose(got, expect, atol=1e-4):
                 bad += 1
-    return {"context": context, "sequences_checked": checked, "violations": bad,
-            "rule": "sequence = up to K earlier utterances of the same video (segment order) + itself"}
+    return {
+        "context": context,
+        "sequences_checked": checked,
+        "violations": bad,
+        "rule": "sequence = up to K earlier utterances of the same video (segment order) + itself",
+    }
 
 
 def load_utterance_data(npz: Path, context: int, subsample: int | None, verify: bool = True):
@@ -94,8 +98,7 @@ def shared_context(out_dir: Path) -> dict[str, Any]:
     every K tried) is recorded in ``accuracy.json`` (validation only; the test split is not read)."""
     path = out_dir / "accuracy.json"
     if not path.is_file():
-        raise SystemExit(f"--contexts shared: {path} has no K sweep yet (run some models with "
-                         "--contexts 0,4,8 first)")
+        raise SystemExit(f"--contexts shared: {path} has no K sweep yet (run some models with --contexts 0,4,8 first)")
     models = json.loads(path.read_text()).get("meta", {}).get("mosi_utterance", {}).get("models", {})
     sweeps = {m: v["context_sweep"] for m, v in models.items() if len(v.get("context_sweep", {})) > 1}
     if not sweeps:
@@ -103,9 +106,11 @@ def shared_context(out_dir: Path) -> dict[str, Any]:
     ks = set.intersection(*(set(s) for s in sweeps.values()))
     mean = {k: float(np.mean([s[k]["valid"]["mae"] for s in sweeps.values()])) for k in ks}
     best = min(mean, key=mean.get)
-    return {"context": int(best), "rule": f"shared: lowest mean valid MAE over the K sweeps of "
-                                          f"{', '.join(sorted(sweeps))}",
-            "mean_valid_mae": {k: round(v, 5) for k, v in sorted(mean.items(), key=lambda kv: int(kv[0]))}}
+    return {
+        "context": int(best),
+        "rule": f"shared: lowest mean valid MAE over the K sweeps of {', '.join(sorted(sweeps))}",
+        "mean_valid_mae": {k: round(v, 5) for k, v in sorted(mean.items(), key=lambda kv: int(kv[0]))},
+    }
 
 
 def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: str) -> None:
@@ -124,28 +129,42 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
         datasets[k], causal[k] = load_utterance_data(Path(args.npz), k, args.subsample_n)
     ds0 = datasets[contexts[0]]
     suite_meta = {
-        "data": (f"{Path(args.npz).name}: per-utterance text-CNN 100 / openSMILE 73 / 3D-CNN 100 "
-                 f"features, declare_split only (train {ds0.sizes()['train']} / valid "
-                 f"{ds0.sizes()['valid']} (= {ds0.info['valid']}) / test {ds0.sizes()['test']}), "
-                 f"standardised with train statistics; causal context of K earlier utterances of "
-                 f"the same video, K chosen per model on valid (this run tried {contexts}; each model's "
-                 f"own sweep: meta.models.<name>.context_sweep)"),
-        "split": "declare_split; valid carved from declare-train by video", "seeds": list(seeds),
-        "contexts_tried": contexts, "causal_check": {str(k): v for k, v in causal.items()},
-        "selection": ("K per model by the validation criterion (select_metric, MAE by default) of its "
-                      "first-seed runs at each K tried, or (models run with --contexts shared) the K with "
-                      "the lowest mean validation MAE over the models that swept K (their context_sweep); "
-                      "epoch by early stopping on validation; test evaluated once per run"),
-        "epoch_cap": epoch_cap, "quick": bool(args.quick),
-        "machine": run_stamp(command, args.quick), "date": utc_now(),
+        "data": (
+            f"{Path(args.npz).name}: per-utterance text-CNN 100 / openSMILE 73 / 3D-CNN 100 "
+            f"features, declare_split only (train {ds0.sizes()['train']} / valid "
+            f"{ds0.sizes()['valid']} (= {ds0.info['valid']}) / test {ds0.sizes()['test']}), "
+            f"standardised with train statistics; causal context of K earlier utterances of "
+            f"the same video, K chosen per model on valid (this run tried {contexts}; each model's "
+            f"own sweep: meta.models.<name>.context_sweep)"
+        ),
+        "split": "declare_split; valid carved from declare-train by video",
+        "seeds": list(seeds),
+        "contexts_tried": contexts,
+        "causal_check": {str(k): v for k, v in causal.items()},
+        "selection": (
+            "K per model by the validation criterion (select_metric, MAE by default) of its "
+            "first-seed runs at each K tried, or (models run with --contexts shared) the K with "
+            "the lowest mean validation MAE over the models that swept K (their context_sweep); "
+            "epoch by early stopping on validation; test evaluated once per run"
+        ),
+        "epoch_cap": epoch_cap,
+        "quick": bool(args.quick),
+        "machine": run_stamp(command, args.quick),
+        "date": utc_now(),
         "notes": [
-            ("Validation is carved from declare-train, on which the text and video feature extractors "
-            "were trained, so validation figures are inflated (see meta valid) and are a weak guide "
-            "for selection; the test split (declare-test) is clean."),
-            ("Context uses earlier utterances only (verified: causal_check); with K > 0 a 1/0 "
-            "current-utterance channel is appended to each modality."),
-            (f"Epochs per run: min({epoch_cap}, the model's configured epochs), early stopping with "
-            "the configured patience; KuDA stage 1: min(configured, cap // 4)."),
+            (
+                "Validation is carved from declare-train, on which the text and video feature extractors "
+                "were trained, so validation figures are inflated (see meta valid) and are a weak guide "
+                "for selection; the test split (declare-test) is clean."
+            ),
+            (
+                "Context uses earlier utterances only (verified: causal_check); with K > 0 a 1/0 "
+                "current-utterance channel is appended to each modality."
+            ),
+            (
+                f"Epochs per run: min({epoch_cap}, the model's configured epochs), early stopping with "
+                "the configured patience; KuDA stage 1: min(configured, cap // 4)."
+            ),
             "Rows ending _refit (--refit): " + REFIT_RULE + ".",
         ],
     }
@@ -158,22 +177,43 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
         for k in contexts:
             r = training.train_model(name, datasets[k], cfg, seed=seeds[0])
             val = r.valid[cfg.select_metric]
-            say(f"mosi_utterance {name} K={k} seed={seeds[0]}: valid {cfg.select_metric} {val:.4f} "
+            say(
+                f"mosi_utterance {name} K={k} seed={seeds[0]}: valid {cfg.select_metric} {val:.4f} "
                 f"acc2_non0 {r.valid['acc2_non0']:.4f} (epoch {r.best_epoch}/{r.epochs_run}, "
-                f"{r.seconds:.0f} s)")
-            sweep[str(k)] = {"valid": rounded(r.valid), "best_epoch": r.best_epoch,
-                             "epochs_run": r.epochs_run, "seconds": round(r.seconds, 1)}
+                f"{r.seconds:.0f} s)"
+            )
+            sweep[str(k)] = {
+                "valid": rounded(r.valid),
+                "best_epoch": r.best_epoch,
+                "epochs_run": r.epochs_run,
+                "seconds": round(r.seconds, 1),
+            }
             if best_k is None or training._is_better(cfg.select_metric, val, best_val):
                 best_k, best_val, first = k, val, r
         if args.ensemble > 1:
-            _utterance_ensemble(args, name, datasets[best_k], cfg, seeds, first, best_k, sweep, shared,
-                                contexts, suite_meta, command, t0)
+            _utterance_ensemble(
+                args,
+                name,
+                datasets[best_k],
+                cfg,
+                seeds,
+                first,
+                best_k,
+                sweep,
+                shared,
+                contexts,
+                suite_meta,
+                command,
+                t0,
+            )
             continue
         runs = [first]
         for s in seeds[1:]:
             r = training.train_model(name, datasets[best_k], cfg, seed=s)
-            say(f"mosi_utterance {name} K={best_k} seed={s}: valid {cfg.select_metric} "
-                f"{r.valid[cfg.select_metric]:.4f} ({r.seconds:.0f} s)")
+            say(
+                f"mosi_utterance {name} K={best_k} seed={s}: valid {cfg.select_metric} "
+                f"{r.valid[cfg.select_metric]:.4f} ({r.seconds:.0f} s)"
+            )
             runs.append(r)
         row, refits = name, None
         if args.refit:
@@ -181,33 +221,48 @@ def suite_utterance(args, models: Sequence[str], seeds: Sequence[int], command: 
             refits = [_refit(name, datasets[best_k], r) for r in runs]
         test = aggregate([r.test for r in (refits or runs)])
         valid = aggregate([r.valid for r in runs])  # the selected runs' (a refit trains on valid)
-        say(f"mosi_utterance {row}: K={best_k} test acc2_non0 {test['acc2_non0']:.4f} ± "
-            f"{test['acc2_non0_std']:.4f}, mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)")
-        mm = {"command": command, "date": utc_now(), "context": best_k, "seeds": list(seeds),
-              "context_selection": shared if shared is not None else
-              {"rule": f"own first-seed sweep over K in {contexts} on valid {cfg.select_metric}"},
-              "context_sweep_seed": seeds[0], "context_sweep": sweep, "valid": rounded(valid),
-              "dims": datasets[best_k].dims.as_dict(),
-              "train_config": {k: v for k, v in cfg.as_dict().items() if k not in ("progress",)},
-              "hparams": first.model.hparams, "per_seed": [run_summary(r) for r in runs],
-              "seconds": round(time.perf_counter() - t0, 1)}
+        say(
+            f"mosi_utterance {row}: K={best_k} test acc2_non0 {test['acc2_non0']:.4f} ± "
+            f"{test['acc2_non0_std']:.4f}, mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)"
+        )
+        mm = {
+            "command": command,
+            "date": utc_now(),
+            "context": best_k,
+            "seeds": list(seeds),
+            "context_selection": shared
+            if shared is not None
+            else {"rule": f"own first-seed sweep over K in {contexts} on valid {cfg.select_metric}"},
+            "context_sweep_seed": seeds[0],
+            "context_sweep": sweep,
+            "valid": rounded(valid),
+            "dims": datasets[best_k].dims.as_dict(),
+            "train_config": {k: v for k, v in cfg.as_dict().items() if k not in ("progress",)},
+            "hparams": first.model.hparams,
+            "per_seed": [run_summary(r) for r in runs],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         if refits:
             mm["refit"] = {"rule": REFIT_RULE, "per_seed": [_refit_summary(r) for r in refits]}
         _merge_utterance_row(args, row, test, suite_meta, mm)
 
 
-REFIT_RULE = ("each run selected on valid as usual (K, early-stopped epoch e) is retrained with the same seed "
-              "and configuration on train + valid, for e epochs of the configured LR schedule, and only that "
-              "retrained model is scored on test; valid figures are the selected runs' (the refit trains on "
-              "valid)")
+REFIT_RULE = (
+    "each run selected on valid as usual (K, early-stopped epoch e) is retrained with the same seed "
+    "and configuration on train + valid, for e epochs of the configured LR schedule, and only that "
+    "retrained model is scored on test; valid figures are the selected runs' (the refit trains on "
+    "valid)"
+)
 
 
 def _refit(name: str, ds, selected):
     from ..models import training
 
     r = training.refit_model(name, ds, selected, hparams=selected.model.hparams)
-    say(f"  refit {name} seed={selected.seed}: {r.epochs_run} epochs on train + valid, test acc2_non0 "
-        f"{r.test['acc2_non0']:.4f} ({r.seconds:.0f} s)")
+    say(
+        f"  refit {name} seed={selected.seed}: {r.epochs_run} epochs on train + valid, test acc2_non0 "
+        f"{r.test['acc2_non0']:.4f} ({r.seconds:.0f} s)"
+    )
     return r
 
 
@@ -215,18 +270,19 @@ def _refit_summary(r) -> dict[str, Any]:
     return {"seed": r.seed, "epochs": r.epochs_run, "seconds": round(r.seconds, 1), "test": rounded(r.test)}
 
 
-def _merge_utterance_row(args, row: str, test: dict[str, float], suite_meta: dict[str, Any],
-                         model_meta: dict[str, Any]) -> None:
+def _merge_utterance_row(
+    args, row: str, test: dict[str, float], suite_meta: dict[str, Any], model_meta: dict[str, Any]
+) -> None:
     """One mosi_utterance row into accuracy.json, then the suite's goal status over all its rows."""
-    data = merge_results(Path(args.out), "mosi_utterance", {row: test_row(test)}, suite_meta, {row: model_meta},
-                         fresh=args.fresh)
+    data = merge_results(
+        Path(args.out), "mosi_utterance", {row: test_row(test)}, suite_meta, {row: model_meta}, fresh=args.fresh
+    )
     args.fresh = False
     gs = goal_status("mosi_utterance", data["mosi_utterance"])
     merge_results(Path(args.out), "mosi_utterance", {}, {**suite_meta, "goal_status": gs}, {})
 
 
-def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, contexts, suite_meta,
-                        command, t0) -> None:
+def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, contexts, suite_meta, command, t0) -> None:
     """Row ``<name>_ens<N>``: per seed s, N members trained with seeds 100 s + j (each selected on
     valid as usual) whose test scores are averaged; mean +- std of that over the seeds."""
     from ..models import training
@@ -246,25 +302,49 @@ def _utterance_ensemble(args, name, ds, cfg, seeds, first, k, sweep, shared, con
         pt = np.mean([training.predict(r.model, ds.test, max_len=cfg.max_len) for r in scored], axis=0)
         valid = regression_metrics("mosi", pv, ds.valid.labels)
         test = regression_metrics("mosi", pt, ds.test.labels)
-        say(f"mosi_utterance {row} K={k} seed={s}: valid mae {valid['mae']:.4f}, members' test acc2_non0 "
-            f"{[round(r.test['acc2_non0'], 4) for r in scored]}")
+        say(
+            f"mosi_utterance {row} K={k} seed={s}: valid mae {valid['mae']:.4f}, members' test acc2_non0 "
+            f"{[round(r.test['acc2_non0'], 4) for r in scored]}"
+        )
         valids.append(valid)
         tests.append(test)
-        per_seed.append({"seed": s, "member_seeds": [r.seed for r in members], "valid": rounded(valid),
-                         "test": rounded(test), "members": [run_summary(r) for r in members]}
-                        | ({"refits": [_refit_summary(r) for r in scored]} if args.refit else {}))
+        per_seed.append(
+            {
+                "seed": s,
+                "member_seeds": [r.seed for r in members],
+                "valid": rounded(valid),
+                "test": rounded(test),
+                "members": [run_summary(r) for r in members],
+            }
+            | ({"refits": [_refit_summary(r) for r in scored]} if args.refit else {})
+        )
     test, valid = aggregate(tests), aggregate(valids)
-    say(f"mosi_utterance {row}: K={k} test acc2_non0 {test['acc2_non0']:.4f} +- {test['acc2_non0_std']:.4f}, "
-        f"mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)")
-    mm = {"command": command, "date": utc_now(), "context": k, "seeds": list(seeds),
-          "ensemble": {"members": n, "rule": "mean of the members' scores; member j of seed s has seed "
-                                             "100 s + j; each member early-stopped on valid"},
-          "context_selection": shared if shared is not None else
-          {"rule": f"own first-seed sweep over K in {contexts} on valid {cfg.select_metric}"},
-          "context_sweep": sweep, "valid": rounded(valid), "dims": ds.dims.as_dict(),
-          **({"refit": {"rule": REFIT_RULE}} if args.refit else {}),
-          "train_config": {kk: v for kk, v in cfg.as_dict().items() if kk not in ("progress",)},
-          "hparams": first.model.hparams, "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1)}
+    say(
+        f"mosi_utterance {row}: K={k} test acc2_non0 {test['acc2_non0']:.4f} +- {test['acc2_non0_std']:.4f}, "
+        f"mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)"
+    )
+    mm = {
+        "command": command,
+        "date": utc_now(),
+        "context": k,
+        "seeds": list(seeds),
+        "ensemble": {
+            "members": n,
+            "rule": "mean of the members' scores; member j of seed s has seed "
+            "100 s + j; each member early-stopped on valid",
+        },
+        "context_selection": shared
+        if shared is not None
+        else {"rule": f"own first-seed sweep over K in {contexts} on valid {cfg.select_metric}"},
+        "context_sweep": sweep,
+        "valid": rounded(valid),
+        "dims": ds.dims.as_dict(),
+        **({"refit": {"rule": REFIT_RULE}} if args.refit else {}),
+        "train_config": {kk: v for kk, v in cfg.as_dict().items() if kk not in ("progress",)},
+        "hparams": first.model.hparams,
+        "per_seed": per_seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     _merge_utterance_row(args, row, test, suite_meta, mm)
 
 
@@ -283,8 +363,10 @@ def zoo_ensemble_members(spec: str, recorded: dict[str, Any]) -> tuple[list[str]
         rule = "members given on the command line"
     missing = [m for m in members if m not in singles]
     if missing or len(members) < 2:
-        raise SystemExit(f"--zoo-ensemble {spec}: needs >= 2 zoo models with recorded mosi_utterance runs "
-                         f"(missing: {missing or 'members'}; run them first)")
+        raise SystemExit(
+            f"--zoo-ensemble {spec}: needs >= 2 zoo models with recorded mosi_utterance runs "
+            f"(missing: {missing or 'members'}; run them first)"
+        )
     return members, rule
 
 
@@ -295,8 +377,11 @@ def utterance_zoo_ensemble(args, seeds: Sequence[int], command: str) -> None:
     from ..models.metrics import regression_metrics
 
     path = Path(args.out) / "accuracy.json"
-    recorded = (json.loads(path.read_text()).get("meta", {}).get("mosi_utterance", {}).get("models", {})
-                if path.is_file() else {})
+    recorded = (
+        json.loads(path.read_text()).get("meta", {}).get("mosi_utterance", {}).get("models", {})
+        if path.is_file()
+        else {}
+    )
     members, rule = zoo_ensemble_members(str(args.zoo_ensemble), recorded)
     ks = {m: int(recorded[m]["context"]) for m in members}
     datasets = {k: load_utterance_data(Path(args.npz), k, args.subsample_n)[0] for k in sorted(set(ks.values()))}
@@ -323,11 +408,23 @@ def utterance_zoo_ensemble(args, seeds: Sequence[int], command: str) -> None:
         tests.append(test)
         per_seed.append({"seed": s, "valid": rounded(valid), "test": rounded(test), "members": summaries})
     test, valid = aggregate(tests), aggregate(valids)
-    say(f"mosi_utterance {row}: test acc2_non0 {test['acc2_non0']:.4f} +- {test['acc2_non0_std']:.4f}, "
-        f"mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)")
-    mm = {"command": command, "date": utc_now(), "context": "/".join(str(ks[m]) for m in members),
-          "seeds": list(seeds), "ensemble": {"members": members, "member_rule": rule,
-                                              "rule": "mean of the members' scores; each member trained with "
-                                                      "the row's seed at its own recorded K, early-stopped on valid"},
-          "valid": rounded(valid), "per_seed": per_seed, "seconds": round(time.perf_counter() - t0, 1)}
+    say(
+        f"mosi_utterance {row}: test acc2_non0 {test['acc2_non0']:.4f} +- {test['acc2_non0_std']:.4f}, "
+        f"mae {test['mae']:.4f} ({time.perf_counter() - t0:.0f} s)"
+    )
+    mm = {
+        "command": command,
+        "date": utc_now(),
+        "context": "/".join(str(ks[m]) for m in members),
+        "seeds": list(seeds),
+        "ensemble": {
+            "members": members,
+            "member_rule": rule,
+            "rule": "mean of the members' scores; each member trained with "
+            "the row's seed at its own recorded K, early-stopped on valid",
+        },
+        "valid": rounded(valid),
+        "per_seed": per_seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     _merge_utterance_row(args, row, test, {}, mm)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-from importlib import metadata
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +18,7 @@ from ..provenance import cpu_name, git_commit, gpu_info, package_versions, stamp
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
+
 
 def show_bench_progress() -> None:
     """INFO lines from sentistream.bench (a benchmark's progress), also when it is called directly
@@ -43,7 +41,7 @@ def command_line(default: str) -> str:
     return "sentistream " + " ".join(argv) if argv else default
 
 
-def pct(values: Iterable[float], q: float) -> Optional[float]:
+def pct(values: Iterable[float], q: float) -> float | None:
     a = np.asarray(list(values), dtype=float)
     return round(float(np.percentile(a, q)), 3) if a.size else None
 
@@ -52,8 +50,15 @@ def summary(values: Iterable[float]) -> dict[str, Any]:
     a = np.asarray(list(values), dtype=float)
     if not a.size:
         return {"n": 0}
-    return {"n": int(a.size), "p50": pct(a, 50), "p90": pct(a, 90), "p99": pct(a, 99),
-            "mean": round(float(a.mean()), 3), "min": round(float(a.min()), 3), "max": round(float(a.max()), 3)}
+    return {
+        "n": int(a.size),
+        "p50": pct(a, 50),
+        "p90": pct(a, 90),
+        "p99": pct(a, 99),
+        "mean": round(float(a.mean()), 3),
+        "min": round(float(a.min()), 3),
+        "max": round(float(a.max()), 3),
+    }
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -63,7 +68,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class Timer:
-    def __enter__(self) -> "Timer":
+    def __enter__(self) -> Timer:
         self.t = time.perf_counter()
         return self
 

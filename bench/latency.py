@@ -39,12 +39,11 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
-from .common import (RESULTS, command_line, device_tag, show_bench_progress, stamp, summary,
-                                      write_json)
+from .common import RESULTS, command_line, device_tag, show_bench_progress, stamp, summary, write_json
 
 log = logging.getLogger("sentistream.bench.latency")
 
@@ -56,11 +55,18 @@ MOSI_LENGTHS = (50, 375, 500)
 ALL_BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
 
 # Targets from issue 5 (benchmarks, never tests); shown next to the figures in the markdown.
-TARGETS_CPU = {"fusion_batch1_p50_ms/live": 5.0, "fusion_batch1_p50_ms/mosi": 8.0,
-               "frame_to_event_p50_ms": 60.0, "frame_to_event_p99_ms": 150.0,
-               "speech_end_to_text_p50_ms": 1200.0}
-TARGETS_GPU = {"fusion_batch1_p50_ms/live": 0.2, "fusion_windows_per_s/256": 100_000.0,
-               "speech_end_to_text_p50_ms": 250.0}
+TARGETS_CPU = {
+    "fusion_batch1_p50_ms/live": 5.0,
+    "fusion_batch1_p50_ms/mosi": 8.0,
+    "frame_to_event_p50_ms": 60.0,
+    "frame_to_event_p99_ms": 150.0,
+    "speech_end_to_text_p50_ms": 1200.0,
+}
+TARGETS_GPU = {
+    "fusion_batch1_p50_ms/live": 0.2,
+    "fusion_windows_per_s/256": 100_000.0,
+    "speech_end_to_text_p50_ms": 250.0,
+}
 
 
 # --------------------------------------------------------------------------- fusion microbench
@@ -71,8 +77,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_backend(name: str, model, plan, device, threads: int, cache_dir: Optional[str],
-                 lengths) -> Any:
+def make_backend(name: str, model, plan, device, threads: int, cache_dir: str | None, lengths) -> Any:
     """One backend, built directly (no fallback): raises when it cannot run here."""
     from ..engine import backends as B
 
@@ -95,14 +100,22 @@ def _mixed_batch(model, plan, lengths, device):
 
     x = example_inputs_for(model, plan, 3, lengths, seed=1, device=device)
     for m in (x.text_mask, x.audio_mask, x.vision_mask):
-        m[1, max(1, m.shape[1] // 2):] = False
-        m[2, max(1, m.shape[1] // 3):] = False
+        m[1, max(1, m.shape[1] // 2) :] = False
+        m[2, max(1, m.shape[1] // 3) :] = False
     x.text_mask[2, :] = False
     return x
 
 
-def bench_model(model_name: str, shapes: str, backends: list[str], device, budget_s: float,
-                threads: int, cache_dir: Optional[str], batches: tuple[int, ...]) -> dict[str, Any]:
+def bench_model(
+    model_name: str,
+    shapes: str,
+    backends: list[str],
+    device,
+    budget_s: float,
+    threads: int,
+    cache_dir: str | None,
+    batches: tuple[int, ...],
+) -> dict[str, Any]:
     import torch
 
     from ..engine.backends import EagerBackend, ShapePlan, example_inputs_for, measure_ms
@@ -122,9 +135,12 @@ def bench_model(model_name: str, shapes: str, backends: list[str], device, budge
     mixed = _mixed_batch(model, plan, lengths, device)
     eager = EagerBackend(model, device)
     ref1, ref_mixed = eager(x1), eager(mixed)
-    out: dict[str, Any] = {"model": model_name, "shapes": {k: [n, d] for k, n, d in
-                                                           zip(("text", "audio", "vision"), lengths, dims)},
-                           "parameters": sum(p.numel() for p in model.parameters()), "backends": {}}
+    out: dict[str, Any] = {
+        "model": model_name,
+        "shapes": {k: [n, d] for k, n, d in zip(("text", "audio", "vision"), lengths, dims)},
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "backends": {},
+    }
     for name in backends:
         rec: dict[str, Any] = {}
         out["backends"][name] = rec
@@ -140,12 +156,22 @@ def bench_model(model_name: str, shapes: str, backends: list[str], device, budge
             with torch.inference_mode(False):
                 o1, om = backend(x1), backend(mixed)
             rec["max_abs_diff"] = {
-                "score": float(max((o1.score.cpu() - ref1.score.cpu()).abs().max(),
-                                   (om.score.cpu() - ref_mixed.score.cpu()).abs().max())),
-                "contributions": float(max((o1.contributions.cpu() - ref1.contributions.cpu()).abs().max(),
-                                           (om.contributions.cpu() - ref_mixed.contributions.cpu()).abs().max())),
+                "score": float(
+                    max(
+                        (o1.score.cpu() - ref1.score.cpu()).abs().max(),
+                        (om.score.cpu() - ref_mixed.score.cpu()).abs().max(),
+                    )
+                ),
+                "contributions": float(
+                    max(
+                        (o1.contributions.cpu() - ref1.contributions.cpu()).abs().max(),
+                        (om.contributions.cpu() - ref_mixed.contributions.cpu()).abs().max(),
+                    )
+                ),
             }
-            times = measure_ms(lambda: backend(x1).score.cpu(), budget_s, min_runs=5, sync=lambda: _sync(device))
+            times = measure_ms(
+                lambda backend=backend: backend(x1).score.cpu(), budget_s, min_runs=5, sync=lambda: _sync(device)
+            )
             rec["batch1_ms"] = summary(times)
             rec["_times"] = times
             rec["windows_per_s"] = {"1": round(1e3 / statistics.median(times), 1)}
@@ -153,20 +179,29 @@ def bench_model(model_name: str, shapes: str, backends: list[str], device, budge
                 if b == 1:
                     continue
                 xb = example_inputs_for(model, plan, b, lengths, seed=2, device=device)
-                tb = measure_ms(lambda: backend(xb).score.cpu(), budget_s, min_runs=2, sync=lambda: _sync(device))
+                tb = measure_ms(
+                    lambda backend=backend, xb=xb: backend(xb).score.cpu(),
+                    budget_s,
+                    min_runs=2,
+                    sync=lambda: _sync(device),
+                )
                 rec["windows_per_s"][str(b)] = round(b * 1e3 / statistics.median(tb), 1)
                 rec.setdefault("batch_ms", {})[str(b)] = summary(tb)
         except Exception as exc:  # a backend that builds but fails at some shape: say so, go on
             rec["error"] = repr(exc)[:300]
             log.warning("%s/%s/%s failed: %r", shapes, model_name, name, exc)
-        log.info("%s %s %s: %s", shapes, model_name, name,
-                 {k: rec.get(k) for k in ("batch1_ms", "windows_per_s", "max_abs_diff")})
+        log.info(
+            "%s %s %s: %s",
+            shapes,
+            model_name,
+            name,
+            {k: rec.get(k) for k in ("batch1_ms", "windows_per_s", "max_abs_diff")},
+        )
     return out
 
 
 # --------------------------------------------------------------------------- pipeline
-def run_pipeline(label: str, minutes: float, config_path: Optional[str], backend: Optional[str]
-                 ) -> dict[str, Any]:
+def run_pipeline(label: str, minutes: float, config_path: str | None, backend: str | None) -> dict[str, Any]:
     """Run the live graph on the demo clip (looped for ``minutes``, 0 = once) at real-time pace,
     tapping the face stage for frame capture times. Returns the raw events and frames."""
     import zmq
@@ -208,27 +243,34 @@ def run_pipeline(label: str, minutes: float, config_path: Optional[str], backend
                 frames.append((msg.t_media_s, msg.t_capture_ns))
 
     t_wall = time.monotonic()
-    log.info("pipeline %s: demo clip%s at real-time pace", label,
-             f" looped for {minutes:g} min" if minutes > 0 else "")
+    log.info("pipeline %s: demo clip%s at real-time pace", label, f" looped for {minutes:g} min" if minutes > 0 else "")
     result = sup.run(on_event=events.append, on_status=drain)
     drain()
     tap.close(linger=0)
-    return {"label": label, "minutes": minutes, "t0_ns": sup.t0_ns, "events": events, "frames": frames,
-            "exit_code": result.exit_code, "error": result.error, "restarts": result.restarts,
-            "wall_s": round(time.monotonic() - t_wall, 1), "length_s": cfg.window.length_s,
-            "stats": result.stats}
+    return {
+        "label": label,
+        "minutes": minutes,
+        "t0_ns": sup.t0_ns,
+        "events": events,
+        "frames": frames,
+        "exit_code": result.exit_code,
+        "error": result.error,
+        "restarts": result.restarts,
+        "wall_s": round(time.monotonic() - t_wall, 1),
+        "length_s": cfg.window.length_s,
+        "stats": result.stats,
+    }
 
 
-def _profile_summary(config: Optional[str]) -> dict[str, Any]:
+def _profile_summary(config: str | None) -> dict[str, Any]:
     """The window settings a pipeline profile runs with (they set how long a frame waits)."""
     from ..engine.config import load_config
 
     w = load_config(config).window
-    return {"config": config or "configs/default.toml", "trigger": w.trigger, "hop_s": w.hop_s,
-            "length_s": w.length_s}
+    return {"config": config or "configs/default.toml", "trigger": w.trigger, "hop_s": w.hop_s, "length_s": w.length_s}
 
 
-def prime_backend_cache(config_path: Optional[str], backend: Optional[str]) -> str:
+def prime_backend_cache(config_path: str | None, backend: str | None) -> str:
     """Build the live model's backend once in this process so its exported graphs / engines are in
     the cache before a timed run (a cold cache would export them during the first minute)."""
     from ..engine.backends import BackendOptions, select_backend
@@ -248,9 +290,15 @@ def pipeline_metrics(run: dict[str, Any]) -> dict[str, Any]:
     frames = sorted(run["frames"])
     length = float(run["length_s"])
     t0_ns = run["t0_ns"] or 0
-    out: dict[str, Any] = {"events": len(events), "frames": len(frames), "exit_code": run["exit_code"],
-                           "error": run["error"], "restarts": run["restarts"], "wall_s": run["wall_s"],
-                           "minutes": run["minutes"]}
+    out: dict[str, Any] = {
+        "events": len(events),
+        "frames": len(frames),
+        "exit_code": run["exit_code"],
+        "error": run["error"],
+        "restarts": run["restarts"],
+        "wall_s": run["wall_s"],
+        "minutes": run["minutes"],
+    }
     if not events:
         return out
     t1 = np.array([e["window"]["t1"] for e in events], dtype=float)
@@ -296,8 +344,11 @@ def pipeline_metrics(run: dict[str, Any]) -> dict[str, Any]:
     model_ms = [e["latency_ms"].get("model", 0.0) for e in events]
     backends = sorted({str(e.get("model", {}).get("backend", "?")) for e in events})
     out.update(
-        frame_to_event_ms=summary(strict), newest_frame_to_event_ms=summary(newest),
-        speech_end_to_text_ms=summary(speech), fusion_model_ms=summary(model_ms), backend=backends,
+        frame_to_event_ms=summary(strict),
+        newest_frame_to_event_ms=summary(newest),
+        speech_end_to_text_ms=summary(speech),
+        fusion_model_ms=summary(model_ms),
+        backend=backends,
         model=events[-1].get("model", {}),
         _cdf={"frame_to_event": strict, "newest_frame_to_event": newest, "speech_end_to_text": speech},
     )
@@ -318,22 +369,32 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
     lines = [f"# Latency bench — {res['device_tag']}", ""]
     if st.get("smoke"):
         lines += ["**Smoke run**: short timings on a possibly busy machine; not a result to quote.", ""]
-    lines += [f"- date: {st['date']}; command: `{st['command']}`; git {st['git']}",
-              f"- device: {st['device']}; CPU: {st['cpu']} ({st['cpu_count']} cores)"
-              + (f"; GPU: {st.get('gpu')} (driver {st.get('driver', '?')}, CUDA {st.get('cuda_runtime', '?')})"
-                 if st.get("gpu") else ""),
-              f"- load average at start / end: {st['loadavg_start']} / {st.get('loadavg_end')}",
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
-              f"- fusion threads: {res['threads']}", ""]
-    lines += ["## Fusion model, batch 1 (ms per window, p50 / p99)", "",
-              "| shapes | model | backend | p50 | p99 | windows/s b=1 | b=32 | b=256 | max abs diff vs eager | build s |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"- date: {st['date']}; command: `{st['command']}`; git {st['git']}",
+        f"- device: {st['device']}; CPU: {st['cpu']} ({st['cpu_count']} cores)"
+        + (
+            f"; GPU: {st.get('gpu')} (driver {st.get('driver', '?')}, CUDA {st.get('cuda_runtime', '?')})"
+            if st.get("gpu")
+            else ""
+        ),
+        f"- load average at start / end: {st['loadavg_start']} / {st.get('loadavg_end')}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
+        f"- fusion threads: {res['threads']}",
+        "",
+    ]
+    lines += [
+        "## Fusion model, batch 1 (ms per window, p50 / p99)",
+        "",
+        "| shapes | model | backend | p50 | p99 | windows/s b=1 | b=32 | b=256 | max abs diff vs eager | build s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for shapes, entries in res["fusion"].items():
         for entry in entries:
             for name, rec in entry["backends"].items():
                 if not rec.get("available"):
-                    lines.append(f"| {shapes} | {entry['model']} | {name} | unavailable: {rec.get('reason', '')} "
-                                 "| | | | | | |")
+                    lines.append(
+                        f"| {shapes} | {entry['model']} | {name} | unavailable: {rec.get('reason', '')} | | | | | | |"
+                    )
                     continue
                 b1 = rec.get("batch1_ms", {})
                 w = rec.get("windows_per_s", {})
@@ -342,36 +403,50 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
                     f"| {shapes} | {entry['model']} | {name} | {_fmt(b1.get('p50'))} | {_fmt(b1.get('p99'))} | "
                     f"{_fmt(w.get('1'))} | {_fmt(w.get('32'))} | {_fmt(w.get('256'))} | "
                     f"{'–' if diff is None else f'{diff:.1e}'} | {rec.get('build_s')} |"
-                    + (f" error: {rec['error']}" if rec.get("error") else ""))
+                    + (f" error: {rec['error']}" if rec.get("error") else "")
+                )
     lines += ["", "## Live pipeline (real-time pace)", ""]
     ps = res.get("pipeline_stamp")
     if ps:  # kept from an earlier full run by --skip-pipeline
-        lines += [f"Measured by an earlier run: date {ps.get('date')}; command `{ps.get('command')}`; "
-                  f"git {ps.get('git')}; load average {ps.get('loadavg_start')} / {ps.get('loadavg_end')}.", ""]
+        lines += [
+            f"Measured by an earlier run: date {ps.get('date')}; command `{ps.get('command')}`; "
+            f"git {ps.get('git')}; load average {ps.get('loadavg_start')} / {ps.get('loadavg_end')}.",
+            "",
+        ]
     for name, prof in res.get("pipeline_profiles", {}).items():
-        lines.append(f"- profile `{name}` ({prof['config']}): window trigger `{prof['trigger']}`, "
-                     f"hop {prof['hop_s']} s, length {prof['length_s']} s")
+        lines.append(
+            f"- profile `{name}` ({prof['config']}): window trigger `{prof['trigger']}`, "
+            f"hop {prof['hop_s']} s, length {prof['length_s']} s"
+        )
     if res.get("pipeline_profiles"):
         lines.append("")
-    lines += ["| run | events | frame→event p50 / p99 ms | newest frame→event p50 / p99 ms | "
-              "speech end→text p50 / p90 ms (words) | fusion model p50 ms | backend |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| run | events | frame→event p50 / p99 ms | newest frame→event p50 / p99 ms | "
+        "speech end→text p50 / p90 ms (words) | fusion model p50 ms | backend |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for label, m in res.get("pipeline", {}).items():
         if "frame_to_event_ms" not in m:
             lines.append(f"| {label} | {m.get('events', 0)} | failed: {m.get('error')} | | | | |")
             continue
         f, n, s = m["frame_to_event_ms"], m["newest_frame_to_event_ms"], m["speech_end_to_text_ms"]
-        lines.append(f"| {label} ({m['minutes'] or 'clip'}{' min' if m['minutes'] else ''}) | {m['events']} | "
-                     f"{_fmt(f.get('p50'))} / {_fmt(f.get('p99'))} | {_fmt(n.get('p50'))} / {_fmt(n.get('p99'))} | "
-                     f"{_fmt(s.get('p50'))} / {_fmt(s.get('p90'))} ({s.get('n', 0)}) | "
-                     f"{_fmt(m['fusion_model_ms'].get('p50'))} | {', '.join(m['backend'])} |")
+        lines.append(
+            f"| {label} ({m['minutes'] or 'clip'}{' min' if m['minutes'] else ''}) | {m['events']} | "
+            f"{_fmt(f.get('p50'))} / {_fmt(f.get('p99'))} | {_fmt(n.get('p50'))} / {_fmt(n.get('p99'))} | "
+            f"{_fmt(s.get('p50'))} / {_fmt(s.get('p90'))} ({s.get('n', 0)}) | "
+            f"{_fmt(m['fusion_model_ms'].get('p50'))} | {', '.join(m['backend'])} |"
+        )
     targets = TARGETS_GPU if res["device"].startswith("cuda") else TARGETS_CPU
     lines += ["", "## Against the issue's targets", "", "| figure | target | measured |", "| --- | --- | --- |"]
     for key, target in targets.items():
         lines.append(f"| {key} | {'≥' if 'per_s' in key else '≤'} {_fmt(target)} | {_lookup(res, key)} |")
-    lines += ["", "Definitions: bench/README.md and the docstring of bench/latency.py. frame→event includes "
-              "the wait for the window to close (up to one hop; none in the `frame` trigger, where the "
-              "newest frame ends the window); newest frame→event does not.", ""]
+    lines += [
+        "",
+        "Definitions: bench/README.md and the docstring of bench/latency.py. frame→event includes "
+        "the wait for the window to close (up to one hop; none in the `frame` trigger, where the "
+        "newest frame ends the window); newest frame→event does not.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -387,8 +462,9 @@ def _lookup(res: dict[str, Any], key: str) -> str:
     return _fmt(v)
 
 
-def write_plot(path: Path, res: dict[str, Any], cdfs: dict[str, dict[str, list[float]]],
-               fusion_cdf: dict[str, list[float]]) -> None:
+def write_plot(
+    path: Path, res: dict[str, Any], cdfs: dict[str, dict[str, list[float]]], fusion_cdf: dict[str, list[float]]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -417,16 +493,26 @@ def write_plot(path: Path, res: dict[str, Any], cdfs: dict[str, dict[str, list[f
     ax.set_title("Live pipeline (real-time pace)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(f"sentistream latency — {res['device_tag']}{' (smoke)' if res['stamp']['smoke'] else ''}, "
-                 f"{res['stamp']['date']}")
+    fig.suptitle(
+        f"sentistream latency — {res['device_tag']}{' (smoke)' if res['stamp']['smoke'] else ''}, "
+        f"{res['stamp']['date']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 # --------------------------------------------------------------------------- command
-PIPELINE_KEYS = ("pipeline", "pipeline_backend_primed", "pipeline_profiles", "frame_to_event_p50_ms", "frame_to_event_p99_ms",
-                 "newest_frame_to_event_p50_ms", "newest_frame_to_event_p99_ms", "speech_end_to_text_p50_ms")
+PIPELINE_KEYS = (
+    "pipeline",
+    "pipeline_backend_primed",
+    "pipeline_profiles",
+    "frame_to_event_p50_ms",
+    "frame_to_event_p99_ms",
+    "newest_frame_to_event_p50_ms",
+    "newest_frame_to_event_p99_ms",
+    "speech_end_to_text_p50_ms",
+)
 
 
 def _keep_previous_pipeline(path: Path, res: dict[str, Any]) -> None:
@@ -468,25 +554,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"error: unknown backend(s) {sorted(unknown)}; choose from {', '.join(ALL_BACKENDS)}")
     tag = args.tag or device_tag(device)
-    res: dict[str, Any] = {"bench": "latency", "device": device, "device_tag": tag,
-                           "stamp": stamp(device, command_line("sentistream bench latency"), smoke),
-                           "threads": torch.get_num_threads(), "fusion": {}}
+    res: dict[str, Any] = {
+        "bench": "latency",
+        "device": device,
+        "device_tag": tag,
+        "stamp": stamp(device, command_line("sentistream bench latency"), smoke),
+        "threads": torch.get_num_threads(),
+        "fusion": {},
+    }
     if smoke:
-        res["stamp"]["note"] = ("smoke run: short timing budgets, shortened long stream, compile skipped on "
-                                "CPU; the machine may have been busy")
+        res["stamp"]["note"] = (
+            "smoke run: short timing budgets, shortened long stream, compile skipped on "
+            "CPU; the machine may have been busy"
+        )
     # 1. fusion microbench
     models = [m.strip() for m in args.models.split(",") if m.strip()] if not args.skip_fusion else []
-    res["fusion"]["live"] = [bench_model(m, "live", backends, dev, budget, args.threads, args.cache_dir,
-                                         BATCHES if m == "almt" else (1,)) for m in models]
-    res["fusion"]["mosi"] = [] if args.skip_fusion else [
-        bench_model("almt", "mosi", backends, dev, budget, args.threads, args.cache_dir, (1,))]
+    res["fusion"]["live"] = [
+        bench_model(m, "live", backends, dev, budget, args.threads, args.cache_dir, BATCHES if m == "almt" else (1,))
+        for m in models
+    ]
+    res["fusion"]["mosi"] = (
+        []
+        if args.skip_fusion
+        else [bench_model("almt", "mosi", backends, dev, budget, args.threads, args.cache_dir, (1,))]
+    )
     almt_live = next((e for e in res["fusion"]["live"] if e["model"] == "almt"), None)
     res["fusion_batch1_p50_ms"] = {
-        shapes: {name: rec.get("batch1_ms", {}).get("p50") for name, rec in entry["backends"].items()
-                 if rec.get("available")}
-        for shapes, entry in (("live", almt_live), ("mosi", (res["fusion"]["mosi"] or [None])[0])) if entry}
-    res["fusion_windows_per_s"] = {name: rec.get("windows_per_s", {}) for name, rec in
-                                   (almt_live or {"backends": {}})["backends"].items() if rec.get("available")}
+        shapes: {
+            name: rec.get("batch1_ms", {}).get("p50") for name, rec in entry["backends"].items() if rec.get("available")
+        }
+        for shapes, entry in (("live", almt_live), ("mosi", (res["fusion"]["mosi"] or [None])[0]))
+        if entry
+    }
+    res["fusion_windows_per_s"] = {
+        name: rec.get("windows_per_s", {})
+        for name, rec in (almt_live or {"backends": {}})["backends"].items()
+        if rec.get("available")
+    }
     fusion_cdf = {name: rec.get("_times", []) for name, rec in (almt_live or {"backends": {}})["backends"].items()}
     for entries in res["fusion"].values():
         for entry in entries:
@@ -514,11 +618,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.keep_events:
                 ev_path = Path(args.out_dir) / f"latency-{tag}-{label}-events.jsonl"
                 ev_path.write_text("".join(json.dumps(e) + "\n" for e in raw["events"]))
-        for key, field_ in (("frame_to_event_p50_ms", ("frame_to_event_ms", "p50")),
-                            ("frame_to_event_p99_ms", ("frame_to_event_ms", "p99")),
-                            ("newest_frame_to_event_p50_ms", ("newest_frame_to_event_ms", "p50")),
-                            ("newest_frame_to_event_p99_ms", ("newest_frame_to_event_ms", "p99")),
-                            ("speech_end_to_text_p50_ms", ("speech_end_to_text_ms", "p50"))):
+        for key, field_ in (
+            ("frame_to_event_p50_ms", ("frame_to_event_ms", "p50")),
+            ("frame_to_event_p99_ms", ("frame_to_event_ms", "p99")),
+            ("newest_frame_to_event_p50_ms", ("newest_frame_to_event_ms", "p50")),
+            ("newest_frame_to_event_p99_ms", ("newest_frame_to_event_ms", "p99")),
+            ("speech_end_to_text_p50_ms", ("speech_end_to_text_ms", "p50")),
+        ):
             res[key] = {label: m.get(field_[0], {}).get(field_[1]) for label, m in res["pipeline"].items()}
     out_dir = Path(args.out_dir)
     stem = f"latency-{tag}{'-smoke' if smoke else ''}"
@@ -545,29 +651,46 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def register(bench_subparsers) -> None:
-    p = bench_subparsers.add_parser("latency", help="fusion backends and live-pipeline latency "
-                                                    "(bench/results/latency-<device>.json, .md, .png)")
+    p = bench_subparsers.add_parser(
+        "latency", help="fusion backends and live-pipeline latency (bench/results/latency-<device>.json, .md, .png)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: cuda when available)")
-    p.add_argument("--backends", default="", help="comma list of eager,compile,onnxruntime,tensorrt "
-                                                  "(default: all; --smoke on a CPU skips compile)")
+    p.add_argument(
+        "--backends",
+        default="",
+        help="comma list of eager,compile,onnxruntime,tensorrt (default: all; --smoke on a CPU skips compile)",
+    )
     p.add_argument("--models", default="almt,tfn", help="zoo models at the live shapes (default almt,tfn)")
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads for the fusion microbench "
-                                                          "(default 1, as the live fusion stage)")
-    p.add_argument("--long-minutes", type=float, default=None,
-                   help="length of the generated real-time stream (default 10; 0.5 with --smoke; 0 = skip)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads for the fusion microbench (default 1, as the live fusion stage)",
+    )
+    p.add_argument(
+        "--long-minutes",
+        type=float,
+        default=None,
+        help="length of the generated real-time stream (default 10; 0.5 with --smoke; 0 = skip)",
+    )
     p.add_argument("--skip-pipeline", action="store_true", help="only the fusion microbench")
     p.add_argument("--skip-fusion", action="store_true", help="only the live pipeline runs")
-    p.add_argument("--pipeline-backend", default=None,
-                   help="fusion.backend for the pipeline runs (default: the config's, auto)")
+    p.add_argument(
+        "--pipeline-backend", default=None, help="fusion.backend for the pipeline runs (default: the config's, auto)"
+    )
     p.add_argument("--config", default=None, help="a TOML config for the pipeline runs")
-    p.add_argument("--profiles", default="default,low_latency",
-                   help="comma list of pipeline profiles to run the demo and long stream under: "
-                        "'default' (= --config) and bundled or file configs (default: default,low_latency)")
+    p.add_argument(
+        "--profiles",
+        default="default,low_latency",
+        help="comma list of pipeline profiles to run the demo and long stream under: "
+        "'default' (= --config) and bundled or file configs (default: default,low_latency)",
+    )
     p.add_argument("--budget-s", type=float, default=0.0, help="seconds per timing (default 3; 0.3 with --smoke)")
     p.add_argument("--cache-dir", default=None, help="ONNX/TensorRT cache (default fusion.cache_dir)")
     p.add_argument("--out-dir", default=str(RESULTS), help="where results go (default bench/results)")
     p.add_argument("--tag", default="", help="file-name tag (default: cpu, or the GPU's name)")
     p.add_argument("--keep-events", action="store_true", help="also write the pipeline runs' events (JSONL)")
-    p.add_argument("--smoke", action="store_true", help="a quick check: short timings, 0.5 min stream, "
-                                                        "results named *-smoke.*")
+    p.add_argument(
+        "--smoke", action="store_true", help="a quick check: short timings, 0.5 min stream, results named *-smoke.*"
+    )
     p.set_defaults(func=cmd_latency)

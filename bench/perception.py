@@ -11,14 +11,13 @@ import csv
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from ..perception.wer import wer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "mosi_transcripts.csv"
+
 
 def machine() -> dict:
     cpu = platform.processor() or ""
@@ -63,8 +63,9 @@ def speak_espeak(text: str, workdir: Path, word_gap: int = 0) -> np.ndarray:
 
     wav = workdir / "u.wav"
     gap = ["-g", str(int(word_gap))] if word_gap else []
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", *gap, "-w", str(wav), text.lower()], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "150", *gap, "-w", str(wav), text.lower()], check=True, capture_output=True
+    )
     with wave.open(str(wav)) as w:
         rate = w.getframerate()
         x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768.0
@@ -132,9 +133,11 @@ def bench_audio(audio: np.ndarray, repeats: int = 5) -> dict:
         t = time.perf_counter()
         ex.process(audio, 0.0)
         whole.append((time.perf_counter() - t) * 1e3 / seconds)
-    out = {"audio_ms_per_audio_s": float(np.median(chunked)),
-           "audio_ms_per_audio_s_whole_file": float(np.median(whole)),
-           "audio_ms_per_audio_s_runs": [round(x, 3) for x in chunked]}
+    out = {
+        "audio_ms_per_audio_s": float(np.median(chunked)),
+        "audio_ms_per_audio_s_whole_file": float(np.median(whole)),
+        "audio_ms_per_audio_s_runs": [round(x, 3) for x in chunked],
+    }
     try:  # the optional eGeMAPS extractor, when opensmile is installed (never the default)
         from ..perception.audio_features import AudioFeatureOptions, make_audio_extractor
 
@@ -245,8 +248,11 @@ def run(args) -> dict:
     print(f"speaking {args.utterances} MOSI std-test utterances with espeak-ng ...", file=sys.stderr)
     utts = spoken_mosi(transcripts, args.utterances)
     model = load_whisper(AsrOptions())
-    out: dict = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "asr_options": {k: v for k, v in vars(AsrOptions()).items()}}
+    out: dict = {
+        "machine": machine(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "asr_options": {k: v for k, v in vars(AsrOptions()).items()},
+    }
     out["command"] = "sentistream bench perception " + " ".join(sys.argv[3:])
     print("face ...", file=sys.stderr)
     out["face_ms_per_frame"] = bench_face()
@@ -289,7 +295,9 @@ def write(result: dict, out_dir: Path) -> None:
     ]
     for k in rows:
         v = result[k]
-        lines.append(f"| {k} | {v:.3f} | {result['targets'].get(k, '')} |" if isinstance(v, float) else f"| {k} | {v} | |")
+        lines.append(
+            f"| {k} | {v:.3f} | {result['targets'].get(k, '')} |" if isinstance(v, float) else f"| {k} | {v} | |"
+        )
     (out_dir / "perception.md").write_text("\n".join(lines) + "\n")
 
 
@@ -304,7 +312,11 @@ def register(bench_subparsers) -> None:
     p = bench_subparsers.add_parser("perception", help="face, audio, text and ASR speed; ASR WER and commit lag")
     p.add_argument("--transcripts", default=str(DEFAULT_TRANSCRIPTS), help="mosi_transcripts.csv")
     p.add_argument("--utterances", type=int, default=100, help="MOSI std-test utterances to speak (>= 100)")
-    p.add_argument("--realtime-seconds", type=float, default=180.0,
-                   help="length of the real-time streaming run (>= 90; longer gives a steadier lag slope)")
+    p.add_argument(
+        "--realtime-seconds",
+        type=float,
+        default=180.0,
+        help="length of the real-time streaming run (>= 90; longer gives a steadier lag slope)",
+    )
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     p.set_defaults(func=cmd_perception)

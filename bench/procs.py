@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional
 
 _STAGE_NAME = re.compile(r'"name": "([^"]+)"')
 
@@ -48,7 +47,7 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def stage_name(pid: int) -> Optional[str]:
+def stage_name(pid: int) -> str | None:
     """The stage a graph process runs (the ``"name"`` of the spec on its command line); None for a
     process that is no stage (the supervisor) or has gone."""
     m = _STAGE_NAME.search(cmdline(pid))

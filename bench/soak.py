@@ -46,8 +46,23 @@ def run_soak(minutes: float, interval_s: float, config: str | None, log) -> dict
     work = Path(tempfile.mkdtemp(prefix="sentistream-soak-"))
     jsonl, errlog = work / "events.jsonl", work / "stderr.log"
     duration_s = minutes * 60.0
-    cmd = [sys.executable, "-m", "sentistream.cli", "run", "--source", "demo", "--loop", "--pace", "realtime",
-           "--duration", f"{duration_s:g}", "--jsonl", str(jsonl), "--view", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sentistream.cli",
+        "run",
+        "--source",
+        "demo",
+        "--loop",
+        "--pace",
+        "realtime",
+        "--duration",
+        f"{duration_s:g}",
+        "--jsonl",
+        str(jsonl),
+        "--view",
+        "none",
+    ]
     if config:
         cmd += ["--config", config]
     t_wall = time.monotonic()
@@ -69,7 +84,9 @@ def run_soak(minutes: float, interval_s: float, config: str | None, log) -> dict
                         samples.append({"t": now, "name": name, "pid": pid, "rss_kb": st["VmRSS"]})
                         peaks[name] = max(peaks.get(name, 0), st.get("VmHWM", 0))
                 if now > next_report:
-                    log(f"soak: {(now - t_wall) / 60:.1f} min, {sum(1 for _ in open(jsonl)) if jsonl.exists() else 0} events")
+                    log(
+                        f"soak: {(now - t_wall) / 60:.1f} min, {sum(1 for _ in open(jsonl)) if jsonl.exists() else 0} events"
+                    )
                     next_report = now + 60
                 if now - t_wall > duration_s + 900:
                     raise TimeoutError("the run did not end 15 min after its stream time")
@@ -80,9 +97,17 @@ def run_soak(minutes: float, interval_s: float, config: str | None, log) -> dict
                 proc.wait(60)
     stderr = errlog.read_text(errors="replace")
     events = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()] if jsonl.exists() else []
-    return {"cmd": cmd, "exit_code": proc.returncode, "wall_s": time.monotonic() - t_wall, "samples": samples,
-            "peaks_kb": peaks, "events": events, "stderr": stderr, "t_first_event": t_first_event,
-            "duration_s": duration_s}
+    return {
+        "cmd": cmd,
+        "exit_code": proc.returncode,
+        "wall_s": time.monotonic() - t_wall,
+        "samples": samples,
+        "peaks_kb": peaks,
+        "events": events,
+        "stderr": stderr,
+        "t_first_event": t_first_event,
+        "duration_s": duration_s,
+    }
 
 
 def analyse(run: dict[str, Any], hop_s: float = 0.25) -> dict[str, Any]:
@@ -176,8 +201,10 @@ def write_markdown(path: Path, data: dict[str, Any]) -> None:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in res["rss"].items():
-        lines.append(f"| {name} | {r['start_mb']} | {r['after_warmup_mb']} | {r['end_mb']} | {r['peak_mb']} | "
-                     f"{r['slope_mb_per_min']} |")
+        lines.append(
+            f"| {name} | {r['start_mb']} | {r['after_warmup_mb']} | {r['end_mb']} | {r['peak_mb']} | "
+            f"{r['slope_mb_per_min']} |"
+        )
     lat = res["latency"]
     c = lat["capture_to_emit_ms"]
     h = res["hops"]
@@ -211,9 +238,12 @@ def cmd_soak(args: argparse.Namespace) -> int:
     log(f"soak: {args.minutes:g} min of looped demo at real-time pace, sampling every {args.interval:g} s")
     run = run_soak(args.minutes, args.interval, args.config, log)
     res = analyse(run)
-    note = ("A full 60-minute soak." if args.minutes >= 60 else
-            f"NOTE: a {args.minutes:g}-minute run, not the 60-minute soak (`sentistream bench soak --minutes 60`); "
-            "slopes over a short run are indicative only.")
+    note = (
+        "A full 60-minute soak."
+        if args.minutes >= 60
+        else f"NOTE: a {args.minutes:g}-minute run, not the 60-minute soak (`sentistream bench soak --minutes 60`); "
+        "slopes over a short run are indicative only."
+    )
     data = {
         "stamp": st,
         "minutes": args.minutes,
@@ -235,8 +265,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def register(bench_subparsers) -> None:
-    p = bench_subparsers.add_parser("soak", help="the live graph for N minutes: RSS, latency and missed-hop slopes "
-                                                 "(bench/results/soak.json, .md)")
+    p = bench_subparsers.add_parser(
+        "soak", help="the live graph for N minutes: RSS, latency and missed-hop slopes (bench/results/soak.json, .md)"
+    )
     p.add_argument("--minutes", type=float, default=60.0, help="stream minutes (default 60)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between RSS samples (default 5)")
     p.add_argument("--config", default=None, help="a TOML config for the run")

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -41,9 +41,24 @@ HOP_S = 0.25
 
 def start_server(args, port: int) -> tuple[subprocess.Popen, str]:
     address = f"tcp://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "sentistream.cli", "serve", "--address", address, "--model", args.model,
-           "--max-queue-delay-us", str(args.max_queue_delay_us), "--max-batch", str(args.max_batch),
-           "--threads", str(args.threads), "--max-queue-per-session", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sentistream.cli",
+        "serve",
+        "--address",
+        address,
+        "--model",
+        args.model,
+        "--max-queue-delay-us",
+        str(args.max_queue_delay_us),
+        "--max-batch",
+        str(args.max_batch),
+        "--threads",
+        str(args.threads),
+        "--max-queue-per-session",
+        "8",
+    ]
     if args.backend:
         cmd += ["--backend", args.backend]
     if args.device:
@@ -89,8 +104,16 @@ def _raise_fd_limit(n: int) -> None:
         pass
 
 
-def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, dims: list[int],
-             warmup_s: float = 1.0, seed: int = 0, hop_s: float = HOP_S) -> dict[str, Any]:
+def run_step(
+    address: str,
+    n_sessions: int,
+    seconds: float,
+    budget_ms: float,
+    dims: list[int],
+    warmup_s: float = 1.0,
+    seed: int = 0,
+    hop_s: float = HOP_S,
+) -> dict[str, Any]:
     """N synthetic sessions for ``seconds`` (after ``warmup_s``); returns the latency summary."""
     import heapq
 
@@ -140,7 +163,7 @@ def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, di
             wait_ms = max(0.0, (heap[0][0] - time.monotonic()) * 1e3) if time.monotonic() < end else 20.0
             for sock, _ in poller.poll(min(wait_ms, 20.0)):
                 i = index[sock]
-                for rid, out, meta in clients[i].collect(0):
+                for rid, out, _meta in clients[i].collect(0):
                     entry = sent.pop((i, rid), None)
                     if entry is None:
                         continue
@@ -157,17 +180,26 @@ def run_step(address: str, n_sessions: int, seconds: float, budget_ms: float, di
     missed = sum(1 for _, measured in sent.values() if measured)  # never answered in time
     # unanswered windows count as over budget for the percentile (nearest-rank, no interpolation)
     full = np.sort(np.concatenate([np.asarray(lat, float), np.full(missed + errors, np.inf)]))
+
     def rank(q: float) -> float:
         return float(full[max(0, int(np.ceil(q * full.size)) - 1)]) if full.size else float("inf")
 
     p95, p99 = rank(0.95), rank(0.99)
     lag_s = summary(lag)
-    return {"sessions": n_sessions, "windows": n_sent, "answered": len(lat), "errors": errors, "missed": missed,
-            "latency_ms": summary(lat), "p95_ms": round(p95, 3) if np.isfinite(p95) else None,
-            "p99_ms": round(p99, 3) if np.isfinite(p99) else None,
-            "within_budget": bool(np.isfinite(p95) and p95 <= budget_ms),
-            "send_lag_ms": lag_s, "generator_saturated": bool((lag_s.get("p99") or 0) > 50.0),
-            "windows_per_s": round(len(lat) / seconds, 1)}
+    return {
+        "sessions": n_sessions,
+        "windows": n_sent,
+        "answered": len(lat),
+        "errors": errors,
+        "missed": missed,
+        "latency_ms": summary(lat),
+        "p95_ms": round(p95, 3) if np.isfinite(p95) else None,
+        "p99_ms": round(p99, 3) if np.isfinite(p99) else None,
+        "within_budget": bool(np.isfinite(p95) and p95 <= budget_ms),
+        "send_lag_ms": lag_s,
+        "generator_saturated": bool((lag_s.get("p99") or 0) > 50.0),
+        "windows_per_s": round(len(lat) / seconds, 1),
+    }
 
 
 def wait_idle(address: str, timeout_s: float = 60.0) -> None:
@@ -191,8 +223,15 @@ def search(address: str, args, dims: list[int]) -> tuple[list[dict], int]:
         wait_idle(address)
         r = run_step(address, n, args.step_s, args.budget_ms, dims, hop_s=args.hop_s)
         steps.append(r)
-        log.info("%d sessions: p95 %s ms (budget %s), %d windows, %d missed, send lag p95 %s ms", n, r["p95_ms"],
-                 args.budget_ms, r["windows"], r["missed"], r["send_lag_ms"].get("p99"))
+        log.info(
+            "%d sessions: p95 %s ms (budget %s), %d windows, %d missed, send lag p95 %s ms",
+            n,
+            r["p95_ms"],
+            args.budget_ms,
+            r["windows"],
+            r["missed"],
+            r["send_lag_ms"].get("p99"),
+        )
         if r["within_budget"]:
             good = n
             n *= 2
@@ -220,26 +259,36 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
     lines = [f"# Throughput bench — {res['device_tag']}", ""]
     if st.get("smoke"):
         lines += ["**Smoke run**: short steps on a possibly busy machine; not a result to quote.", ""]
-    lines += [f"- date: {st['date']}; command: `{st['command']}`; git {st['git']}",
-              f"- device: {st['device']}; CPU: {st['cpu']} ({st['cpu_count']} cores)"
-              + (f"; GPU: {st.get('gpu')} (driver {st.get('driver', '?')})" if st.get("gpu") else ""),
-              f"- load average at start / end: {st['loadavg_start']} / {st.get('loadavg_end')}",
-              f"- server: {res['server'].get('model')} via {res['server'].get('backend')} "
-              f"({res['server'].get('reason')}); max batch {res['config']['max_batch']}, "
-              f"max queue delay {res['config']['max_queue_delay_us']} us, threads {res['config']['threads']}",
-              f"- each session sends one window every {res['config'].get('hop_s', HOP_S):g} s",
-              "",
-              f"**Live sessions within p95 ≤ {res['config']['budget_ms']:g} ms: "
-              f"{res['live_sessions_within_p95']}** (fusion tier only; see bench/README.md)", "",
-              "| sessions | windows | p50 ms | p95 ms | p99 ms | missed | windows/s | send lag p99 ms |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"- date: {st['date']}; command: `{st['command']}`; git {st['git']}",
+        f"- device: {st['device']}; CPU: {st['cpu']} ({st['cpu_count']} cores)"
+        + (f"; GPU: {st.get('gpu')} (driver {st.get('driver', '?')})" if st.get("gpu") else ""),
+        f"- load average at start / end: {st['loadavg_start']} / {st.get('loadavg_end')}",
+        f"- server: {res['server'].get('model')} via {res['server'].get('backend')} "
+        f"({res['server'].get('reason')}); max batch {res['config']['max_batch']}, "
+        f"max queue delay {res['config']['max_queue_delay_us']} us, threads {res['config']['threads']}",
+        f"- each session sends one window every {res['config'].get('hop_s', HOP_S):g} s",
+        "",
+        f"**Live sessions within p95 ≤ {res['config']['budget_ms']:g} ms: "
+        f"{res['live_sessions_within_p95']}** (fusion tier only; see bench/README.md)",
+        "",
+        "| sessions | windows | p50 ms | p95 ms | p99 ms | missed | windows/s | send lag p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in sorted(res["steps"], key=lambda r: r["sessions"]):
         lat = r["latency_ms"]
-        lines.append(f"| {r['sessions']} | {r['windows']} | {lat.get('p50', '–')} | {r['p95_ms'] or '∞'} | "
-                     f"{r.get('p99_ms') or '∞'} | {r['missed'] + r['errors']} | {r['windows_per_s']} | "
-                     f"{r['send_lag_ms'].get('p99', '–')} |")
-    lines += ["", "p95 and p99 are nearest-rank over every window sent, an unanswered one counting as infinite.",
-              "", f"Server statistics at the end: `{json.dumps(res['server'].get('stats', {}))}`", ""]
+        lines.append(
+            f"| {r['sessions']} | {r['windows']} | {lat.get('p50', '–')} | {r['p95_ms'] or '∞'} | "
+            f"{r.get('p99_ms') or '∞'} | {r['missed'] + r['errors']} | {r['windows_per_s']} | "
+            f"{r['send_lag_ms'].get('p99', '–')} |"
+        )
+    lines += [
+        "",
+        "p95 and p99 are nearest-rank over every window sent, an unanswered one counting as infinite.",
+        "",
+        f"Server statistics at the end: `{json.dumps(res['server'].get('stats', {}))}`",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -257,7 +306,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.step_s = args.step_s or 10.0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.device = device
-    proc: Optional[subprocess.Popen] = None
+    proc: subprocess.Popen | None = None
     address = args.server
     if not address:
         proc, address = start_server(args, free_tcp_port())
@@ -277,14 +326,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
     tag = args.tag or device_tag(device)
-    res = {"bench": "throughput", "device": device, "device_tag": tag,
-           "stamp": stamp(device, command_line("sentistream bench throughput"), smoke),
-           "config": {"budget_ms": args.budget_ms, "hop_s": args.hop_s, "max_batch": args.max_batch,
-                      "max_queue_delay_us": args.max_queue_delay_us, "threads": args.threads,
-                      "step_s": args.step_s, "model": args.model},
-           "server": info, "live_sessions_within_p95": best,
-           "live_sessions_within_p95_note": "fusion tier only: perception and text encoding excluded",
-           "steps": steps}
+    res = {
+        "bench": "throughput",
+        "device": device,
+        "device_tag": tag,
+        "stamp": stamp(device, command_line("sentistream bench throughput"), smoke),
+        "config": {
+            "budget_ms": args.budget_ms,
+            "hop_s": args.hop_s,
+            "max_batch": args.max_batch,
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "threads": args.threads,
+            "step_s": args.step_s,
+            "model": args.model,
+        },
+        "server": info,
+        "live_sessions_within_p95": best,
+        "live_sessions_within_p95_note": "fusion tier only: perception and text encoding excluded",
+        "steps": steps,
+    }
     out_dir = Path(args.out_dir)
     stem = f"throughput-{tag}{'-smoke' if smoke else ''}"
     write_json(out_dir / f"{stem}.json", res)
@@ -296,17 +356,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_throughput(args: argparse.Namespace) -> int:
     show_bench_progress()
     res = run(args)
-    print(json.dumps({"live_sessions_within_p95": res["live_sessions_within_p95"],
-                      "budget_ms": args.budget_ms}, indent=2))
+    print(
+        json.dumps({"live_sessions_within_p95": res["live_sessions_within_p95"], "budget_ms": args.budget_ms}, indent=2)
+    )
     return 0
 
 
 def register(bench_subparsers) -> None:
-    p = bench_subparsers.add_parser("throughput", help="live sessions per machine within a p95 budget "
-                                                       "(bench/results/throughput-<device>.json, .md)")
-    p.add_argument("--hop-s", type=float, default=HOP_S,
-                   help="seconds between a session's windows (default 0.25, the default profile; "
-                        "0.0667 = one per frame at 15 fps, the low_latency profile)")
+    p = bench_subparsers.add_parser(
+        "throughput", help="live sessions per machine within a p95 budget (bench/results/throughput-<device>.json, .md)"
+    )
+    p.add_argument(
+        "--hop-s",
+        type=float,
+        default=HOP_S,
+        help="seconds between a session's windows (default 0.25, the default profile; "
+        "0.0667 = one per frame at 15 fps, the low_latency profile)",
+    )
     p.add_argument("--budget-ms", type=float, default=500.0, help="p95 latency budget per window (default 500)")
     p.add_argument("--server", default="", help="use a running `sentistream serve` at this address")
     p.add_argument("--model", default="default", help="fusion model the started server serves (default: default)")
@@ -320,6 +386,7 @@ def register(bench_subparsers) -> None:
     p.add_argument("--bisect", type=int, default=3, help="bisection steps after the first failure (default 3)")
     p.add_argument("--out-dir", default=str(RESULTS), help="where results go (default bench/results)")
     p.add_argument("--tag", default="", help="file-name tag (default: cpu, or the GPU's name)")
-    p.add_argument("--smoke", action="store_true", help="a quick check: 2 s steps, at most 32 sessions, "
-                                                        "results named *-smoke.*")
+    p.add_argument(
+        "--smoke", action="store_true", help="a quick check: 2 s steps, at most 32 sessions, results named *-smoke.*"
+    )
     p.set_defaults(func=cmd_throughput)

@@ -32,15 +32,15 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import zmq
 
 from ..perception.asr import AsrOptions, DecodeError, load_whisper
+from .messages import Message, MessageError, decode, encode, now_ns
 from .rpc import bind_router, send_before, serve_until_stopped
 from .security import is_local_address
-from .messages import Message, MessageError, decode, encode, now_ns
 
 log = logging.getLogger("sentistream.asr_server")
 
@@ -49,11 +49,20 @@ TOPIC = "asr"
 MAX_CLIP_S = 60.0  # Whisper reads 30 s windows; a session never sends more than its buffer cap
 #: Decode options a client may set, with their types (anything else is refused).
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "language": (str, type(None)), "beam_size": (int,), "best_of": (int,), "temperature": (int, float),
-    "word_timestamps": (bool,), "condition_on_previous_text": (bool,), "vad_filter": (bool,),
-    "no_speech_threshold": (int, float), "log_prob_threshold": (int, float),
-    "compression_ratio_threshold": (int, float), "initial_prompt": (str, type(None)),
-    "max_new_tokens": (int, type(None)), "vad_parameters": (dict, type(None)), "encoder_pad_s": (int, float),
+    "language": (str, type(None)),
+    "beam_size": (int,),
+    "best_of": (int,),
+    "temperature": (int, float),
+    "word_timestamps": (bool,),
+    "condition_on_previous_text": (bool,),
+    "vad_filter": (bool,),
+    "no_speech_threshold": (int, float),
+    "log_prob_threshold": (int, float),
+    "compression_ratio_threshold": (int, float),
+    "initial_prompt": (str, type(None)),
+    "max_new_tokens": (int, type(None)),
+    "vad_parameters": (dict, type(None)),
+    "encoder_pad_s": (int, float),
 }
 VAD_KEYS = {"threshold", "min_speech_duration_ms", "min_silence_duration_ms", "speech_pad_ms"}
 
@@ -115,10 +124,16 @@ class RemoteSegment:
 
 
 def segments_to_json(segments) -> list[dict[str, Any]]:
-    return [{"text": s.text, "no_speech_prob": float(s.no_speech_prob), "avg_logprob": float(s.avg_logprob),
-             "compression_ratio": float(s.compression_ratio),
-             "words": [[w.word, float(w.start), float(w.end), float(w.probability)] for w in (s.words or [])]}
-            for s in segments]
+    return [
+        {
+            "text": s.text,
+            "no_speech_prob": float(s.no_speech_prob),
+            "avg_logprob": float(s.avg_logprob),
+            "compression_ratio": float(s.compression_ratio),
+            "words": [[w.word, float(w.start), float(w.end), float(w.probability)] for w in (s.words or [])],
+        }
+        for s in segments
+    ]
 
 
 def segments_from_json(data: Any) -> list[RemoteSegment]:
@@ -127,8 +142,15 @@ def segments_from_json(data: Any) -> list[RemoteSegment]:
     out = []
     for s in data:
         words = [RemoteWord(str(w[0]), float(w[1]), float(w[2]), float(w[3])) for w in s.get("words", [])]
-        out.append(RemoteSegment(str(s.get("text", "")), float(s["no_speech_prob"]), float(s["avg_logprob"]),
-                                 float(s["compression_ratio"]), words))
+        out.append(
+            RemoteSegment(
+                str(s.get("text", "")),
+                float(s["no_speech_prob"]),
+                float(s["avg_logprob"]),
+                float(s["compression_ratio"]),
+                words,
+            )
+        )
     return out
 
 
@@ -143,29 +165,49 @@ class AsrServerStats:
     sessions: set = field(default_factory=set)
 
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "overloaded": self.overloaded,
-                "audio_s": round(self.audio_s, 2), "decode_s": round(self.decode_s, 2),
-                "sessions_seen": len(self.sessions)}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "overloaded": self.overloaded,
+            "audio_s": round(self.audio_s, 2),
+            "decode_s": round(self.decode_s, 2),
+            "sessions_seen": len(self.sessions),
+        }
 
 
 class WhisperServer:
     """One WhisperModel, ``workers`` decode threads, a ROUTER socket. ``serve_forever()`` or ``start()``."""
 
-    def __init__(self, options=None, address: str = DEFAULT_ADDRESS, workers: int = 2, max_queue: int = 256,
-                 allow_remote: bool = False, model=None, context: Optional[zmq.Context] = None):
+    def __init__(
+        self,
+        options=None,
+        address: str = DEFAULT_ADDRESS,
+        workers: int = 2,
+        max_queue: int = 256,
+        allow_remote: bool = False,
+        model=None,
+        context: zmq.Context | None = None,
+    ):
         from ..perception.asr import default_model_dir, resolve_device
 
         if not allow_remote and not is_local_address(address):
-            raise ValueError(f"refusing to bind {address}: requests are not authenticated; bind a "
-                             "loopback address (tcp://127.0.0.1:PORT) or pass --allow-remote")
+            raise ValueError(
+                f"refusing to bind {address}: requests are not authenticated; bind a "
+                "loopback address (tcp://127.0.0.1:PORT) or pass --allow-remote"
+            )
         self.options = options or AsrOptions()
         if self.options.server:
             raise ValueError("the Whisper server loads its model itself: asr.server must be empty here")
         self.workers = max(1, int(workers))
         self.model = model if model is not None else load_whisper(self.options, num_workers=self.workers)
         device, compute_type = resolve_device(self.options)
-        self.info = {"model_dir": self.options.model_dir or default_model_dir(), "device": device,
-                     "compute_type": compute_type, "workers": self.workers, "pid": os.getpid()}
+        self.info = {
+            "model_dir": self.options.model_dir or default_model_dir(),
+            "device": device,
+            "compute_type": compute_type,
+            "workers": self.workers,
+            "pid": os.getpid(),
+        }
         self.max_queue = int(max_queue)
         self.ctx = context or zmq.Context.instance()
         self.sock, self.address = bind_router(self.ctx, address)
@@ -173,11 +215,12 @@ class WhisperServer:
         self.stopping = threading.Event()
         self._jobs: queue.Queue = queue.Queue(maxsize=self.max_queue)
         self._done: queue.Queue = queue.Queue()
-        self._threads = [threading.Thread(target=self._worker, daemon=True, name=f"whisper-{i}")
-                         for i in range(self.workers)]
+        self._threads = [
+            threading.Thread(target=self._worker, daemon=True, name=f"whisper-{i}") for i in range(self.workers)
+        ]
         for t in self._threads:
             t.start()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     # ---- decode threads --------------------------------------------------
     def _worker(self) -> None:
@@ -229,8 +272,17 @@ class WhisperServer:
         if msg.kind != "asr_request":
             self._error(identity, msg.seq, f"expected an asr_request, got {msg.kind}")
         elif op == "info":
-            self._reply(identity, Message("asr_reply", TOPIC, msg.seq, msg.t_capture_ns, 0.0,
-                                          meta={**self.info, "stats": self.stats.snapshot()}))
+            self._reply(
+                identity,
+                Message(
+                    "asr_reply",
+                    TOPIC,
+                    msg.seq,
+                    msg.t_capture_ns,
+                    0.0,
+                    meta={**self.info, "stats": self.stats.snapshot()},
+                ),
+            )
         elif op != "transcribe":
             self._error(identity, msg.seq, f"unknown op {op!r} (transcribe, info)")
         elif len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].ndim != 1:
@@ -276,7 +328,7 @@ class WhisperServer:
         while not self.stopping.is_set():
             self.step()
 
-    def start(self) -> "WhisperServer":
+    def start(self) -> WhisperServer:
         self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="whisper-server")
         self._thread.start()
         return self
@@ -297,7 +349,7 @@ class RemoteWhisper:
 
     _ids = itertools.count(1)
 
-    def __init__(self, address: str, timeout_s: float = 10.0, context: Optional[zmq.Context] = None):
+    def __init__(self, address: str, timeout_s: float = 10.0, context: zmq.Context | None = None):
         self.address = address
         self.timeout_s = float(timeout_s)
         self.ctx = context or zmq.Context.instance()
@@ -316,8 +368,7 @@ class RemoteWhisper:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self.sock.poll(max(1, int(left * 1000))):
-                    raise RemoteAsrError(f"Whisper server {self.address} did not answer within "
-                                         f"{self.timeout_s:g} s")
+                    raise RemoteAsrError(f"Whisper server {self.address} did not answer within {self.timeout_s:g} s")
                 try:
                     reply = decode(self.sock.recv_multipart(copy=False))
                 except MessageError as exc:
@@ -343,9 +394,15 @@ class RemoteWhisper:
         if vad is not None and not isinstance(vad, dict):
             options["vad_parameters"] = {k: getattr(vad, k) for k in VAD_KEYS}
         self._seq += 1
-        msg = Message("asr_request", TOPIC, self._seq, now_ns(), 0.0,
-                      [np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)],
-                      meta={"op": "transcribe", "options": check_options(options)})
+        msg = Message(
+            "asr_request",
+            TOPIC,
+            self._seq,
+            now_ns(),
+            0.0,
+            [np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)],
+            meta={"op": "transcribe", "options": check_options(options)},
+        )
         return segments_from_json(self._call(msg).meta.get("segments")), None
 
     def close(self) -> None:
@@ -371,17 +428,26 @@ def cmd_serve_asr(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return serve_until_stopped(
-        server, f"Whisper server on {server.address}: {server.info['model_dir']} on {server.info['device']} "
-                f"({server.info['compute_type']}), {server.workers} workers", "Whisper server")
+        server,
+        f"Whisper server on {server.address}: {server.info['model_dir']} on {server.info['device']} "
+        f"({server.info['compute_type']}), {server.workers} workers",
+        "Whisper server",
+    )
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve-asr", help="serve one Whisper model to many sessions' ASR stages")
-    p.add_argument("--address", default=DEFAULT_ADDRESS,
-                   help=f"where to bind (default {DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)")
+    p.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        help=f"where to bind (default {DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
+    )
     p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([asr])")
     p.add_argument("--workers", type=int, default=2, help="decodes run at once on the one model (default 2)")
     p.add_argument("--max-queue", type=int, default=256, help="queued requests before 'overloaded' (default 256)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow binding a non-loopback interface (requests are not authenticated)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding a non-loopback interface (requests are not authenticated)",
+    )
     p.set_defaults(func=cmd_serve_asr)

@@ -47,9 +47,10 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,7 +91,7 @@ class BackendOptions:
     onnx_prebuild: str = "all"
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "BackendOptions":
+    def from_config(cls, cfg: Any) -> BackendOptions:
         """From a FusionConfig (or anything with the same attribute names)."""
         max_audio = int(getattr(cfg, "max_audio_frames", 60))
         max_video = int(getattr(cfg, "max_video_frames", 45))
@@ -107,7 +108,7 @@ class BackendOptions:
             select_budget_s=float(getattr(cfg, "select_budget_s", 1.0)),
         )
 
-    def plan(self) -> "ShapePlan":
+    def plan(self) -> ShapePlan:
         return ShapePlan(self.text_buckets, self.audio_buckets, self.vision_buckets, self.max_batch)
 
     def cache_path(self) -> Path:
@@ -156,8 +157,7 @@ class ShapePlan:
 
     def seq_shape(self, lengths: Sequence[int]) -> tuple[int, int, int]:
         """Bucketed (text, audio, vision) lengths for padded lengths ``lengths``."""
-        return (self._fit(self.text, lengths[0]), self._fit(self.audio, lengths[1]),
-                self._fit(self.vision, lengths[2]))
+        return (self._fit(self.text, lengths[0]), self._fit(self.audio, lengths[1]), self._fit(self.vision, lengths[2]))
 
     def batch_bucket(self, b: int) -> int:
         p = 1
@@ -170,17 +170,17 @@ class ShapePlan:
 
 
 def _pad_steps(x: Tensor, m: Tensor, length: int) -> tuple[Tensor, Tensor]:
-    l = x.shape[1]
-    if l == length:
+    n = x.shape[1]
+    if n == length:
         return x, m
-    if l > length:
-        raise ValueError(f"cannot pad a sequence of {l} steps to {length}")
-    zx = x.new_zeros(x.shape[0], length - l, x.shape[2])
-    zm = torch.zeros(m.shape[0], length - l, dtype=torch.bool, device=m.device)
+    if n > length:
+        raise ValueError(f"cannot pad a sequence of {n} steps to {length}")
+    zx = x.new_zeros(x.shape[0], length - n, x.shape[2])
+    zm = torch.zeros(m.shape[0], length - n, dtype=torch.bool, device=m.device)
     return torch.cat([x, zx], dim=1), torch.cat([m.to(torch.bool), zm], dim=1)
 
 
-def pad_inputs(inputs: FusionInputs, seq: Sequence[int], batch: Optional[int] = None) -> FusionInputs:
+def pad_inputs(inputs: FusionInputs, seq: Sequence[int], batch: int | None = None) -> FusionInputs:
     """Right-pad every sequence to ``seq`` (text, audio, vision) steps (mask False), and the batch
     to ``batch`` rows (all-invalid rows: every model stays finite on them)."""
     parts = [_pad_steps(x, m, n) for x, m, n in zip(inputs.sequences(), inputs.masks(), seq)]
@@ -196,13 +196,15 @@ def pad_inputs(inputs: FusionInputs, seq: Sequence[int], batch: Optional[int] = 
     return FusionInputs(t, a, v, tm, am, vm)
 
 
-def collate(items: Sequence[FusionInputs], plan: Optional[ShapePlan] = None) -> FusionInputs:
+def collate(items: Sequence[FusionInputs], plan: ShapePlan | None = None) -> FusionInputs:
     """Concatenate several inputs (any lengths) into one batch padded to common (bucketed) lengths."""
     lengths = [max(it.sequences()[i].shape[1] for it in items) for i in range(3)]
     seq = plan.seq_shape(lengths) if plan is not None else tuple(lengths)
     padded = [pad_inputs(it, seq) for it in items]
-    cat = [torch.cat([getattr(p, name) for p in padded], dim=0)
-           for name in ("text", "audio", "vision", "text_mask", "audio_mask", "vision_mask")]
+    cat = [
+        torch.cat([getattr(p, name) for p in padded], dim=0)
+        for name in ("text", "audio", "vision", "text_mask", "audio_mask", "vision_mask")
+    ]
     return FusionInputs(*cat)
 
 
@@ -215,8 +217,9 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.bool_masks = bool_masks
 
-    def forward(self, text: Tensor, audio: Tensor, vision: Tensor, text_mask: Tensor,
-                audio_mask: Tensor, vision_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, text: Tensor, audio: Tensor, vision: Tensor, text_mask: Tensor, audio_mask: Tensor, vision_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
         if self.bool_masks:
             masks = (text_mask, audio_mask, vision_mask)
         else:
@@ -255,9 +258,14 @@ def _model_dims(model: FusionModel) -> tuple[int, int, int]:
     return int(d.text), int(d.audio), int(d.vision)
 
 
-def example_inputs_for(model: FusionModel, plan: ShapePlan, batch: int = 1,
-                       lengths: Optional[Sequence[int]] = None, seed: int = 0,
-                       device: Any = "cpu") -> FusionInputs:
+def example_inputs_for(
+    model: FusionModel,
+    plan: ShapePlan,
+    batch: int = 1,
+    lengths: Sequence[int] | None = None,
+    seed: int = 0,
+    device: Any = "cpu",
+) -> FusionInputs:
     """Random inputs at the given lengths (default: the middle text bucket, full audio/vision)."""
     if lengths is None:
         lengths = (plan.text[len(plan.text) // 2], plan.audio[-1], plan.vision[-1])
@@ -282,7 +290,7 @@ class FusionBackend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "reason": self.reason}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless a backend holds sockets or sessions
         """Release sockets or sessions (optional)."""
 
 
@@ -314,12 +322,16 @@ class _PaddedBackend(FusionBackend):
     def _shape_for(self, inputs: FusionInputs) -> tuple[tuple[int, int, int], int]:
         lengths = [x.shape[1] for x in inputs.sequences()]
         seq = self.plan.seq_shape(lengths)
-        if not self._warned_long and any(n > top for n, top in
-                                         zip(lengths, (self.plan.text[-1], self.plan.audio[-1],
-                                                       self.plan.vision[-1]))):
+        if not self._warned_long and any(
+            n > top for n, top in zip(lengths, (self.plan.text[-1], self.plan.audio[-1], self.plan.vision[-1]))
+        ):
             self._warned_long = True
-            log.warning("%s backend: input lengths %s exceed the largest buckets; padded to %s "
-                        "(one more compile/export)", self.name, lengths, seq)
+            log.warning(
+                "%s backend: input lengths %s exceed the largest buckets; padded to %s (one more compile/export)",
+                self.name,
+                lengths,
+                seq,
+            )
         b = inputs.batch_size
         return seq, (self.plan.batch_bucket(b) if self.pad_batch else b)
 
@@ -331,8 +343,9 @@ class _PaddedBackend(FusionBackend):
         return FusionOutput(score[:b], contrib[:b], {})
 
     @abc.abstractmethod
-    def _run(self, x: FusionInputs, seq: tuple[int, int, int], batch: int
-             ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+    def _run(
+        self, x: FusionInputs, seq: tuple[int, int, int], batch: int
+    ) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -348,9 +361,15 @@ class CompileBackend(_PaddedBackend):
     name = "compile"
     pad_batch = True
 
-    def __init__(self, model: FusionModel, plan: ShapePlan, device: Any = "cpu", mode: str = "",
-                 warm: Optional[Sequence[tuple[tuple[int, int, int], int]]] = None,
-                 dynamo_backend: str = "inductor"):
+    def __init__(
+        self,
+        model: FusionModel,
+        plan: ShapePlan,
+        device: Any = "cpu",
+        mode: str = "",
+        warm: Sequence[tuple[tuple[int, int, int], int]] | None = None,
+        dynamo_backend: str = "inductor",
+    ):
         """``dynamo_backend`` other than inductor (tests: "eager") exercises the same padding and
         graph capture without code generation; ``mode`` then does not apply."""
         super().__init__(model, plan, device)
@@ -369,20 +388,21 @@ class CompileBackend(_PaddedBackend):
             self.compiled = torch.compile(self.wrapper, backend=dynamo_backend, dynamic=False)
         self.compiled_shapes: set[tuple[tuple[int, int, int], int]] = set()
         t = time.perf_counter()
-        for seq, batch in (warm or []):
-            self._run(pad_inputs(example_inputs_for(model, plan, batch, seq, device=self.device),
-                                 seq, batch), seq, batch)
+        for seq, batch in warm or []:
+            self._run(
+                pad_inputs(example_inputs_for(model, plan, batch, seq, device=self.device), seq, batch), seq, batch
+            )
         if warm:
-            log.info("compile backend (%s): %d shape(s) compiled in %.1f s", self.mode, len(warm),
-                     time.perf_counter() - t)
+            log.info(
+                "compile backend (%s): %d shape(s) compiled in %.1f s", self.mode, len(warm), time.perf_counter() - t
+            )
 
     def _run(self, x: FusionInputs, seq, batch) -> tuple[Tensor, Tensor]:
         self.compiled_shapes.add((tuple(seq), batch))
         with torch.no_grad():
             if self.cuda and hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
                 torch.compiler.cudagraph_mark_step_begin()
-            score, contrib = self.compiled(x.text, x.audio, x.vision, x.text_mask, x.audio_mask,
-                                           x.vision_mask)
+            score, contrib = self.compiled(x.text, x.audio, x.vision, x.text_mask, x.audio_mask, x.vision_mask)
             # CUDA graphs reuse their output buffers on the next replay: keep our own copy.
             return score.clone(), contrib.clone()
 
@@ -391,13 +411,11 @@ class CompileBackend(_PaddedBackend):
 
 
 # --------------------------------------------------------------------------- ONNX + onnxruntime
-def onnx_export(model: FusionModel, path: Path, seq: Sequence[int], opset: int = ONNX_OPSET,
-                batch: int = 2) -> Path:
+def onnx_export(model: FusionModel, path: Path, seq: Sequence[int], opset: int = ONNX_OPSET, batch: int = 2) -> Path:
     """Export ``model`` with a dynamic batch axis and fixed sequence lengths ``seq`` to ``path``."""
     wrapper = ExportWrapper(model, bool_masks=False).eval().cpu()
     ex = example_inputs_for(model, ShapePlan(*((n,) for n in seq)), batch, seq)
-    args = (ex.text, ex.audio, ex.vision, ex.text_mask.float(), ex.audio_mask.float(),
-            ex.vision_mask.float())
+    args = (ex.text, ex.audio, ex.vision, ex.text_mask.float(), ex.audio_mask.float(), ex.vision_mask.float())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".onnx.tmp", dir=str(path.parent))
     os.close(fd)
@@ -409,12 +427,27 @@ def onnx_export(model: FusionModel, path: Path, seq: Sequence[int], opset: int =
             warnings.simplefilter("ignore")
             try:
                 # The TorchScript exporter: no extra dependency, quick, and honours dynamic_axes.
-                torch.onnx.export(wrapper, args, tmp, dynamo=False, opset_version=opset,
-                                  input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
-                                  dynamic_axes=dynamic, do_constant_folding=True)
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    tmp,
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=INPUT_NAMES,
+                    output_names=OUTPUT_NAMES,
+                    dynamic_axes=dynamic,
+                    do_constant_folding=True,
+                )
             except TypeError:  # a torch without the `dynamo` switch
-                torch.onnx.export(wrapper, args, tmp, opset_version=opset, input_names=INPUT_NAMES,
-                                  output_names=OUTPUT_NAMES, dynamic_axes=dynamic)
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    tmp,
+                    opset_version=opset,
+                    input_names=INPUT_NAMES,
+                    output_names=OUTPUT_NAMES,
+                    dynamic_axes=dynamic,
+                )
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -425,9 +458,15 @@ def onnx_export(model: FusionModel, path: Path, seq: Sequence[int], opset: int =
 class OnnxRuntimeBackend(_PaddedBackend):
     name = "onnxruntime"
 
-    def __init__(self, model: FusionModel, plan: ShapePlan, threads: int = 1,
-                 cache_dir: Optional[Path] = None, prebuild: str = "all",
-                 first: Optional[tuple[int, int, int]] = None):
+    def __init__(
+        self,
+        model: FusionModel,
+        plan: ShapePlan,
+        threads: int = 1,
+        cache_dir: Path | None = None,
+        prebuild: str = "all",
+        first: tuple[int, int, int] | None = None,
+    ):
         """``prebuild``: "all" exports every bucket now; "background" exports ``first`` now and
         the rest in a background thread (buckets not ready yet run eagerly meanwhile, with the
         same results); "none" exports each bucket on first use. Exports are cached on disk, so
@@ -448,7 +487,7 @@ class OnnxRuntimeBackend(_PaddedBackend):
         self._eager = EagerBackend(self._cpu_model, "cpu")
         self.sessions: dict[tuple[int, int, int], Any] = {}
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         _remove_stale_tmp(self.cache_dir / "onnx")
         self.exported = 0
         self.eager_calls = 0  # windows run eagerly while their bucket was still exporting
@@ -476,13 +515,16 @@ class OnnxRuntimeBackend(_PaddedBackend):
                     self._session(seq, source)
                 except Exception as exc:  # the bucket keeps running eagerly
                     log.warning("onnxruntime backend: background export of %s failed: %s", seq, exc)
-            log.info("onnxruntime backend: %d more bucket(s) ready after %.1f s in the background",
-                     len(todo), time.perf_counter() - t)
+            log.info(
+                "onnxruntime backend: %d more bucket(s) ready after %.1f s in the background",
+                len(todo),
+                time.perf_counter() - t,
+            )
 
         self._thread = threading.Thread(target=work, name="onnx-export", daemon=True)
         self._thread.start()
 
-    def wait_ready(self, timeout: Optional[float] = None) -> bool:
+    def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the background exports are done (tests, benches)."""
         if self._thread is not None:
             self._thread.join(timeout)
@@ -492,10 +534,13 @@ class OnnxRuntimeBackend(_PaddedBackend):
     def onnx_path(self, seq: Sequence[int]) -> Path:
         name = getattr(self.model, "name", "model")
         tv = torch.__version__.split("+")[0]
-        return (self.cache_dir / "onnx" /
-                f"{name}-{self.fingerprint}-t{seq[0]}a{seq[1]}v{seq[2]}-op{ONNX_OPSET}-torch{tv}.onnx")
+        return (
+            self.cache_dir
+            / "onnx"
+            / f"{name}-{self.fingerprint}-t{seq[0]}a{seq[1]}v{seq[2]}-op{ONNX_OPSET}-torch{tv}.onnx"
+        )
 
-    def _session(self, seq: tuple[int, int, int], source: Optional[FusionModel] = None):
+    def _session(self, seq: tuple[int, int, int], source: FusionModel | None = None):
         sess = self.sessions.get(seq)
         if sess is not None:
             return sess
@@ -581,13 +626,15 @@ def load_torch_tensorrt(importer: Callable[[str], Any] = importlib.import_module
         return importer("torch_tensorrt")
     except ImportError as exc:
         raise BackendUnavailable(
-            f"torch_tensorrt is not installed (the optional extra: {TENSORRT_EXTRA}; {exc})") from None
+            f"torch_tensorrt is not installed (the optional extra: {TENSORRT_EXTRA}; {exc})"
+        ) from None
     except Exception as exc:  # a broken install: wrong TensorRT / CUDA libraries
         raise BackendUnavailable(f"torch_tensorrt failed to import: {exc!r}") from None
 
 
-def tensorrt_cache_key(fingerprint: str, seq: Sequence[int], dims: Sequence[int], max_batch: int,
-                       gpu_name: str, versions: str) -> str:
+def tensorrt_cache_key(
+    fingerprint: str, seq: Sequence[int], dims: Sequence[int], max_batch: int, gpu_name: str, versions: str
+) -> str:
     """File stem of a cached engine: the model hash, every input shape, the GPU and the versions."""
     shapes = f"b1-{max_batch}_t{seq[0]}x{dims[0]}_a{seq[1]}x{dims[1]}_v{seq[2]}x{dims[2]}"
     gpu = "".join(c if c.isalnum() else "-" for c in gpu_name.lower()).strip("-")
@@ -595,17 +642,18 @@ def tensorrt_cache_key(fingerprint: str, seq: Sequence[int], dims: Sequence[int]
     return f"{fingerprint}-{shapes}-{gpu}-{tag}"
 
 
-def tensorrt_input_specs(trt: Any, seq: Sequence[int], dims: Sequence[int], max_batch: int,
-                         opt_batch: int) -> list[Any]:
+def tensorrt_input_specs(
+    trt: Any, seq: Sequence[int], dims: Sequence[int], max_batch: int, opt_batch: int
+) -> list[Any]:
     """torch_tensorrt.Input specs: a dynamic batch profile 1..max_batch (opt ``opt_batch``)."""
     opt = max(1, min(opt_batch, max_batch))
     specs = []
     for n, d in zip(seq, dims):
-        specs.append(trt.Input(min_shape=(1, n, d), opt_shape=(opt, n, d), max_shape=(max_batch, n, d),
-                               dtype=torch.float32))
+        specs.append(
+            trt.Input(min_shape=(1, n, d), opt_shape=(opt, n, d), max_shape=(max_batch, n, d), dtype=torch.float32)
+        )
     for n in seq:
-        specs.append(trt.Input(min_shape=(1, n), opt_shape=(opt, n), max_shape=(max_batch, n),
-                               dtype=torch.float32))
+        specs.append(trt.Input(min_shape=(1, n), opt_shape=(opt, n), max_shape=(max_batch, n), dtype=torch.float32))
     return specs
 
 
@@ -633,15 +681,22 @@ def _cuda_ok(device: torch.device) -> bool:
 class TensorRTBackend(_PaddedBackend):
     name = "tensorrt"
 
-    def __init__(self, model: FusionModel, plan: ShapePlan, device: Any = "cuda",
-                 cache_dir: Optional[Path] = None, opt_batch: int = 0,
-                 importer: Callable[[str], Any] = importlib.import_module):
+    def __init__(
+        self,
+        model: FusionModel,
+        plan: ShapePlan,
+        device: Any = "cuda",
+        cache_dir: Path | None = None,
+        opt_batch: int = 0,
+        importer: Callable[[str], Any] = importlib.import_module,
+    ):
         super().__init__(model, plan, device)
         self.trt = load_torch_tensorrt(importer)  # first: say so when the extra is missing
         if not _cuda_ok(self.device):
             raise BackendUnavailable(
                 f"TensorRT needs a CUDA device (fusion.device = {str(self.device)!r}, "
-                f"CUDA available: {torch.cuda.is_available()})")
+                f"CUDA available: {torch.cuda.is_available()})"
+            )
         self.cache_dir = Path(cache_dir) if cache_dir else BackendOptions().cache_path()
         self.opt_batch = opt_batch or min(8, plan.max_batch)
         self.fingerprint = model_fingerprint(model)
@@ -654,8 +709,7 @@ class TensorRTBackend(_PaddedBackend):
             self.engines[seq] = self._engine(seq)
 
     def engine_path(self, seq: Sequence[int]) -> Path:
-        key = tensorrt_cache_key(self.fingerprint, seq, self.dims, self.plan.max_batch, self.gpu_name,
-                                 self.versions)
+        key = tensorrt_cache_key(self.fingerprint, seq, self.dims, self.plan.max_batch, self.gpu_name, self.versions)
         return self.cache_dir / "tensorrt" / f"{key}.ep"
 
     def _engine(self, seq: tuple[int, int, int]):
@@ -672,10 +726,13 @@ class TensorRTBackend(_PaddedBackend):
         specs = tensorrt_input_specs(trt, seq, self.dims, self.plan.max_batch, self.opt_batch)
         wrapper = ExportWrapper(self.model, bool_masks=False).eval()
         t = time.perf_counter()
-        module = trt.compile(wrapper, ir="dynamo", inputs=specs, min_block_size=1,
-                             **tensorrt_precision_kwargs(trt))
-        log.info("tensorrt backend: built an fp16 engine for lengths %s, batch 1..%d in %.1f s",
-                 seq, self.plan.max_batch, time.perf_counter() - t)
+        module = trt.compile(wrapper, ir="dynamo", inputs=specs, min_block_size=1, **tensorrt_precision_kwargs(trt))
+        log.info(
+            "tensorrt backend: built an fp16 engine for lengths %s, batch 1..%d in %.1f s",
+            seq,
+            self.plan.max_batch,
+            time.perf_counter() - t,
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         for kwargs in ({"arg_inputs": specs}, {"inputs": specs}):
             try:
@@ -695,18 +752,28 @@ class TensorRTBackend(_PaddedBackend):
         if batch > self.plan.max_batch:
             raise ValueError(f"batch {batch} exceeds the TensorRT profile (max_batch {self.plan.max_batch})")
         with torch.no_grad():
-            score, contrib = engine(x.text.float(), x.audio.float(), x.vision.float(),
-                                    x.text_mask.float(), x.audio_mask.float(), x.vision_mask.float())
+            score, contrib = engine(
+                x.text.float(),
+                x.audio.float(),
+                x.vision.float(),
+                x.text_mask.float(),
+                x.audio_mask.float(),
+                x.vision_mask.float(),
+            )
         return score.float(), contrib.float()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "gpu": self.gpu_name, "precision": "fp16",
-                "max_batch": self.plan.max_batch}
+        return {**super().describe(), "gpu": self.gpu_name, "precision": "fp16", "max_batch": self.plan.max_batch}
 
 
 # --------------------------------------------------------------------------- selection
-def measure_ms(fn: Callable[[], Any], budget_s: float, min_runs: int = 5, max_runs: int = 10_000,
-               sync: Callable[[], None] = lambda: None) -> list[float]:
+def measure_ms(
+    fn: Callable[[], Any],
+    budget_s: float,
+    min_runs: int = 5,
+    max_runs: int = 10_000,
+    sync: Callable[[], None] = lambda: None,
+) -> list[float]:
     """Per-call wall times (ms) of ``fn`` for about ``budget_s`` seconds (after one warm-up call)."""
     fn()
     sync()
@@ -720,8 +787,9 @@ def measure_ms(fn: Callable[[], Any], budget_s: float, min_runs: int = 5, max_ru
     return times
 
 
-def _build(name: str, model: FusionModel, opts: BackendOptions, device: torch.device,
-           example: FusionInputs) -> FusionBackend:
+def _build(
+    name: str, model: FusionModel, opts: BackendOptions, device: torch.device, example: FusionInputs
+) -> FusionBackend:
     plan = opts.plan()
     if name == "eager":
         return EagerBackend(model, device)
@@ -750,24 +818,25 @@ def _chain(requested: str, device: torch.device) -> list[str]:
     raise ValueError(f"unknown fusion backend {requested!r} (one of {', '.join(BACKENDS)})")
 
 
-def _cpu_auto(model: FusionModel, opts: BackendOptions, device: torch.device, example: FusionInputs,
-              notes: list[str]) -> FusionBackend:
+def _cpu_auto(
+    model: FusionModel, opts: BackendOptions, device: torch.device, example: FusionInputs, notes: list[str]
+) -> FusionBackend:
     """The faster of onnxruntime and eager at batch 1, by a short interleaved measurement."""
     eager = EagerBackend(model, device)
     try:
         t = time.perf_counter()
         plan = opts.plan()
         first = plan.seq_shape([x.shape[1] for x in example.sequences()])
-        ort_backend = OnnxRuntimeBackend(model, plan, opts.threads, opts.cache_path(), prebuild="none",
-                                         first=first)
+        ort_backend = OnnxRuntimeBackend(model, plan, opts.threads, opts.cache_path(), prebuild="none", first=first)
         build_s = time.perf_counter() - t
     except BackendUnavailable as exc:
         notes.append(f"onnxruntime unavailable: {exc}")
         log.warning("fusion backend: onnxruntime unavailable (%s)", exc)
         eager.reason = "; ".join(notes + ["eager"])
         return eager
-    one = FusionInputs(*(getattr(example, n)[:1] for n in
-                         ("text", "audio", "vision", "text_mask", "audio_mask", "vision_mask")))
+    one = FusionInputs(
+        *(getattr(example, n)[:1] for n in ("text", "audio", "vision", "text_mask", "audio_mask", "vision_mask"))
+    )
     candidates = {"eager": lambda: eager(one), "onnxruntime": lambda: ort_backend(one)}
     times: dict[str, list[float]] = {k: [] for k in candidates}
     for fn in candidates.values():
@@ -786,9 +855,11 @@ def _cpu_auto(model: FusionModel, opts: BackendOptions, device: torch.device, ex
     winner = "onnxruntime" if med["onnxruntime"] <= med["eager"] else "eager"
     other = "eager" if winner == "onnxruntime" else "onnxruntime"
     shape = "/".join(str(x.shape[1]) for x in one.sequences())
-    notes.append(f"auto on CPU: {winner} {med[winner]:.2f} ms vs {other} {med[other]:.2f} ms "
-                 f"(median at batch 1, lengths {shape}, {sum(map(len, times.values()))} runs; "
-                 f"first onnx graph ready in {build_s:.1f} s; compile is not a CPU auto candidate)")
+    notes.append(
+        f"auto on CPU: {winner} {med[winner]:.2f} ms vs {other} {med[other]:.2f} ms "
+        f"(median at batch 1, lengths {shape}, {sum(map(len, times.values()))} runs; "
+        f"first onnx graph ready in {build_s:.1f} s; compile is not a CPU auto candidate)"
+    )
     chosen = ort_backend if winner == "onnxruntime" else eager
     if chosen is ort_backend:
         if opts.onnx_prebuild == "background":
@@ -800,8 +871,9 @@ def _cpu_auto(model: FusionModel, opts: BackendOptions, device: torch.device, ex
     return chosen
 
 
-def select_backend(config: Any, model: FusionModel, example_inputs: Optional[FusionInputs] = None,
-                   device: Any = None) -> FusionBackend:
+def select_backend(
+    config: Any, model: FusionModel, example_inputs: FusionInputs | None = None, device: Any = None
+) -> FusionBackend:
     """Build the backend ``config.backend`` asks for, falling back step by step when it cannot run.
 
     ``config``: a :class:`BackendOptions` or a ``[fusion]`` config. Logs one INFO line naming the
@@ -813,7 +885,7 @@ def select_backend(config: Any, model: FusionModel, example_inputs: Optional[Fus
     if example_inputs is None:
         example_inputs = example_inputs_for(model, opts.plan(), device=dev)
     notes: list[str] = []
-    chosen: Optional[FusionBackend] = None
+    chosen: FusionBackend | None = None
     for name in _chain(opts.backend, dev):
         if name == "cpu-auto":
             try:

@@ -169,8 +169,10 @@ class EngineConfig:
             import importlib.util
 
             if importlib.util.find_spec("opensmile") is None:
-                raise ConfigError("audio_features.extractor = 'egemaps' needs the opensmile package: "
-                                  "pip install 'sentistream[opensmile]' (research / personal-use licence)")
+                raise ConfigError(
+                    "audio_features.extractor = 'egemaps' needs the opensmile package: "
+                    "pip install 'sentistream[opensmile]' (research / personal-use licence)"
+                )
         _validate_fusion(self.fusion)
         _validate_security(self.transport)
 
@@ -211,8 +213,10 @@ def _validate_fusion(f: FusionConfig) -> None:
     if f.max_batch < 1:
         raise ConfigError("fusion.max_batch must be >= 1")
     buckets = f.text_buckets
-    if not isinstance(buckets, list) or not buckets or not all(
-        isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets
+    if (
+        not isinstance(buckets, list)
+        or not buckets
+        or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)
     ):
         raise ConfigError(f"fusion.text_buckets must be a non-empty list of positive integers, not {buckets!r}")
     if f.server and not f.server.startswith(("tcp://", "ipc://")):

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
+
 from .messages import MessageError, decode, now_ns
 
 log = logging.getLogger("sentistream.dashboard")
@@ -195,7 +196,9 @@ class DashboardBridge:
             return
         encoded = json.dumps(health, sort_keys=True)
         states_changed = {k: v["state"] for k, v in health.items()} != {k: v["state"] for k, v in self.health.items()}
-        if not states_changed and (encoded == self._last_health_json or now - self._last_health_sent < HEALTH_INTERVAL_S):
+        if not states_changed and (
+            encoded == self._last_health_json or now - self._last_health_sent < HEALTH_INTERVAL_S
+        ):
             return
         self._last_health_sent = now
         self._last_health_json = encoded
@@ -400,7 +403,9 @@ class DashboardBridge:
         while self.points and self.points[0][0] < t1 - CHART_SECONDS:
             self.points.popleft()
         for w in ev.get("new_words", []):
-            self.transcript.append({"text": str(w.get("text", "")), "start_s": w.get("start_s"), "end_s": w.get("end_s")})
+            self.transcript.append(
+                {"text": str(w.get("text", "")), "start_s": w.get("start_s"), "end_s": w.get("end_s")}
+            )
         self.last_event = ev
         self.counts["events"] += 1
 
@@ -431,7 +436,9 @@ class DashboardBridge:
             h, w = rgb.shape[:2]
             scale = PREVIEW_WIDTH / max(1, w)
             small = cv2.resize(rgb, (PREVIEW_WIDTH, max(2, int(round(h * scale)))), interpolation=cv2.INTER_AREA)
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            ok, jpeg = cv2.imencode(
+                ".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+            )
             if not ok:
                 continue
             last_sent = now

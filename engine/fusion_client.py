@@ -7,11 +7,13 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Optional
+from typing import Any
+
 import numpy as np
 import zmq
-from .messages import Message, MessageError, decode, now_ns
+
 from .fusion_wire import TOPIC, RemoteFusionError, inputs_to_arrays
+from .messages import Message, MessageError, decode, now_ns
 from .rpc import send_before
 
 log = logging.getLogger("sentistream.fusion_client")
@@ -29,7 +31,7 @@ class RemoteFusion:
 
     _ids = itertools.count(1)
 
-    def __init__(self, address: str, timeout_s: float = 2.0, context: Optional[zmq.Context] = None):
+    def __init__(self, address: str, timeout_s: float = 2.0, context: zmq.Context | None = None):
         self.address = address
         self.timeout_s = float(timeout_s)
         self.reason = f"fusion server {address}"
@@ -41,7 +43,7 @@ class RemoteFusion:
         self.sock.setsockopt(zmq.RCVHWM, 1000)
         self.sock.connect(address)
         self._seq = int(os.getpid() % 1000) * 1_000_000
-        self._info: Optional[dict] = None
+        self._info: dict | None = None
         self.last_meta: dict[str, Any] = {}
 
     def _next(self) -> int:
@@ -52,7 +54,7 @@ class RemoteFusion:
         if not send_before(self.sock, msg, time.monotonic() + timeout_s):
             raise RemoteFusionError(f"fusion server {self.address} is not reachable")
 
-    def _recv(self, timeout_s: float) -> Optional[Message]:
+    def _recv(self, timeout_s: float) -> Message | None:
         if not self.sock.poll(max(0, int(timeout_s * 1000))):
             return None
         frames = self.sock.recv_multipart(copy=False)
@@ -62,7 +64,7 @@ class RemoteFusion:
             log.warning("malformed fusion reply dropped: %s", exc)
             return None
 
-    def info(self, timeout_s: Optional[float] = None, refresh: bool = False) -> dict[str, Any]:
+    def info(self, timeout_s: float | None = None, refresh: bool = False) -> dict[str, Any]:
         """The served model's identity and the batcher's statistics."""
         if self._info is not None and not refresh:
             return self._info
@@ -81,8 +83,15 @@ class RemoteFusion:
 
     def submit(self, inputs, t_media_s: float = 0.0) -> int:
         seq = self._next()
-        msg = Message("fusion_request", TOPIC, seq, now_ns(), float(t_media_s), inputs_to_arrays(inputs),
-                      meta={"op": "infer", "timeout_ms": round(self.timeout_s * 1e3, 3)})
+        msg = Message(
+            "fusion_request",
+            TOPIC,
+            seq,
+            now_ns(),
+            float(t_media_s),
+            inputs_to_arrays(inputs),
+            meta={"op": "infer", "timeout_ms": round(self.timeout_s * 1e3, 3)},
+        )
         self._send(msg, self.timeout_s)
         return seq
 
@@ -112,8 +121,7 @@ class RemoteFusion:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RemoteFusionError(f"fusion server {self.address} did not answer within "
-                                        f"{self.timeout_s:g} s")
+                raise RemoteFusionError(f"fusion server {self.address} did not answer within {self.timeout_s:g} s")
             reply = self._recv(left)
             if reply is None or reply.seq != seq:
                 continue  # a late reply to an earlier request that timed out

@@ -37,13 +37,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import zmq
 
-from .messages import Message, MessageError, decode, encode, now_ns
 from .fusion_wire import DEFAULT_ADDRESS, TOPIC, arrays_to_inputs
+from .messages import Message, MessageError, decode, encode, now_ns
 from .rpc import bind_router, serve_until_stopped
 from .security import is_local_address
 
@@ -78,8 +78,12 @@ class ServerStats:
         q = np.asarray(self.queue_us, dtype=float)
         inf = np.asarray(self.infer_ms, dtype=float)
         return {
-            "requests": self.requests, "windows": self.windows, "batches": self.batches,
-            "errors": self.errors, "malformed": self.malformed, "overloaded": self.overloaded,
+            "requests": self.requests,
+            "windows": self.windows,
+            "batches": self.batches,
+            "errors": self.errors,
+            "malformed": self.malformed,
+            "overloaded": self.overloaded,
             "expired": self.expired,
             "mean_batch": round(self.windows / self.batches, 2) if self.batches else 0.0,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
@@ -92,12 +96,23 @@ class ServerStats:
 class FusionServer:
     """Dynamic batcher on one backend. ``serve_forever()`` in the main thread, or ``start()`` one."""
 
-    def __init__(self, backend, model_info: dict[str, Any], address: str = DEFAULT_ADDRESS,
-                 max_batch: int = 64, max_queue_delay_us: int = 2000, max_queue_per_session: int = 64,
-                 allow_remote: bool = False, plan=None, context: Optional[zmq.Context] = None):
+    def __init__(
+        self,
+        backend,
+        model_info: dict[str, Any],
+        address: str = DEFAULT_ADDRESS,
+        max_batch: int = 64,
+        max_queue_delay_us: int = 2000,
+        max_queue_per_session: int = 64,
+        allow_remote: bool = False,
+        plan=None,
+        context: zmq.Context | None = None,
+    ):
         if not allow_remote and not is_local_address(address):
-            raise ValueError(f"refusing to bind {address}: requests are not authenticated; bind a "
-                             "loopback address (tcp://127.0.0.1:PORT) or pass --allow-remote")
+            raise ValueError(
+                f"refusing to bind {address}: requests are not authenticated; bind a "
+                "loopback address (tcp://127.0.0.1:PORT) or pass --allow-remote"
+            )
         self.backend = backend
         self.info = dict(model_info)
         self.dims = tuple(int(d) for d in self.info["dims"])
@@ -112,7 +127,7 @@ class FusionServer:
         self.pending_windows = 0
         self.stats = ServerStats()
         self.stopping = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._last_log = time.monotonic()
         self.log_interval_s = 30.0
 
@@ -127,8 +142,7 @@ class FusionServer:
 
     def _error(self, identity: bytes, seq: int, error: str, t_capture_ns: int = 0) -> None:
         self.stats.errors += 1
-        self._reply(identity, Message("fusion_reply", TOPIC, seq, max(0, t_capture_ns), 0.0,
-                                      meta={"error": error}))
+        self._reply(identity, Message("fusion_reply", TOPIC, seq, max(0, t_capture_ns), 0.0, meta={"error": error}))
 
     def _receive(self) -> int:
         n = 0
@@ -151,10 +165,16 @@ class FusionServer:
                 continue
             op = msg.meta.get("op", "infer")
             if op == "info":
-                meta = {**self.info, "max_batch": self.max_batch, "max_queue_delay_us": self.delay_ns // 1000,
-                        "pending": self.pending_windows, "stats": self.stats.snapshot()}
-                self._reply(identity, Message("fusion_reply", TOPIC, msg.seq, msg.t_capture_ns,
-                                              msg.t_media_s, meta=meta))
+                meta = {
+                    **self.info,
+                    "max_batch": self.max_batch,
+                    "max_queue_delay_us": self.delay_ns // 1000,
+                    "pending": self.pending_windows,
+                    "stats": self.stats.snapshot(),
+                }
+                self._reply(
+                    identity, Message("fusion_reply", TOPIC, msg.seq, msg.t_capture_ns, msg.t_media_s, meta=meta)
+                )
                 continue
             if op != "infer":
                 self._error(identity, msg.seq, f"unknown op {op!r}", msg.t_capture_ns)
@@ -168,8 +188,12 @@ class FusionServer:
             queue = self.queues.setdefault(identity, deque())
             if len(queue) >= self.max_queue_per_session:
                 self.stats.overloaded += 1
-                self._error(identity, msg.seq, f"overloaded: {len(queue)} requests already queued for "
-                                               "this session", msg.t_capture_ns)
+                self._error(
+                    identity,
+                    msg.seq,
+                    f"overloaded: {len(queue)} requests already queued for this session",
+                    msg.t_capture_ns,
+                )
                 continue
             if not queue:
                 self._rr.append(identity)
@@ -181,7 +205,7 @@ class FusionServer:
             self.stats.requests += 1
 
     # ---- batching --------------------------------------------------------
-    def _oldest_ns(self) -> Optional[int]:
+    def _oldest_ns(self) -> int | None:
         heads = [q[0].arrived_ns for q in self.queues.values() if q]
         return min(heads) if heads else None
 
@@ -235,11 +259,19 @@ class FusionServer:
         i = 0
         for r in batch:
             st.queue_us.append((t0 - r.arrived_ns) / 1e3)
-            meta = {"batch": n, "queue_us": round((t0 - r.arrived_ns) / 1e3, 1),
-                    "infer_ms": round((t1 - t0) / 1e6, 3)}
-            self._reply(r.identity, Message(
-                "fusion_reply", TOPIC, r.msg.seq, r.msg.t_capture_ns, r.msg.t_media_s,
-                [score[i:i + r.windows].copy(), contrib[i:i + r.windows].copy()], meta=meta))
+            meta = {"batch": n, "queue_us": round((t0 - r.arrived_ns) / 1e3, 1), "infer_ms": round((t1 - t0) / 1e6, 3)}
+            self._reply(
+                r.identity,
+                Message(
+                    "fusion_reply",
+                    TOPIC,
+                    r.msg.seq,
+                    r.msg.t_capture_ns,
+                    r.msg.t_media_s,
+                    [score[i : i + r.windows].copy(), contrib[i : i + r.windows].copy()],
+                    meta=meta,
+                ),
+            )
             i += r.windows
 
     def step(self, timeout_ms: int = 100) -> int:
@@ -272,13 +304,18 @@ class FusionServer:
         return ran
 
     def serve_forever(self) -> None:
-        log.info("fusion server on %s: %s via %s, max batch %d, max queue delay %d us",
-                 self.address, self.info.get("model"), self.info.get("backend"), self.max_batch,
-                 self.delay_ns // 1000)
+        log.info(
+            "fusion server on %s: %s via %s, max batch %d, max queue delay %d us",
+            self.address,
+            self.info.get("model"),
+            self.info.get("backend"),
+            self.max_batch,
+            self.delay_ns // 1000,
+        )
         while not self.stopping.is_set():
             self.step(100)
 
-    def start(self) -> "FusionServer":
+    def start(self) -> FusionServer:
         """Serve in a daemon thread (tests, benches). Socket use moves to that thread."""
         self._thread = threading.Thread(target=self.serve_forever, name="fusion-server", daemon=True)
         self._thread.start()
@@ -291,9 +328,16 @@ class FusionServer:
         self.sock.close(linger=0)
 
 
-def build_server(config, address: str = DEFAULT_ADDRESS, max_batch: Optional[int] = None,
-                 max_queue_delay_us: int = 2000, max_queue_per_session: int = 64,
-                 allow_remote: bool = False, threads: int = 0, model=None) -> FusionServer:
+def build_server(
+    config,
+    address: str = DEFAULT_ADDRESS,
+    max_batch: int | None = None,
+    max_queue_delay_us: int = 2000,
+    max_queue_per_session: int = 64,
+    allow_remote: bool = False,
+    threads: int = 0,
+    model=None,
+) -> FusionServer:
     """Load the model ``config.fusion`` names (as the live stage would), pick its backend, serve it."""
     import torch
 
@@ -313,12 +357,24 @@ def build_server(config, address: str = DEFAULT_ADDRESS, max_batch: Optional[int
         opts.threads = threads
     backend = select_backend(opts, model)
     info = {
-        "model": name, "checkpoint": checkpoint, "placeholder": placeholder,
-        "fingerprint": model_fingerprint(model), "dims": list(model.dims),
-        "backend": backend.name, "reason": backend.reason,
+        "model": name,
+        "checkpoint": checkpoint,
+        "placeholder": placeholder,
+        "fingerprint": model_fingerprint(model),
+        "dims": list(model.dims),
+        "backend": backend.name,
+        "reason": backend.reason,
     }
-    return FusionServer(backend, info, address, opts.max_batch, max_queue_delay_us,
-                        max_queue_per_session, allow_remote, plan=opts.plan())
+    return FusionServer(
+        backend,
+        info,
+        address,
+        opts.max_batch,
+        max_queue_delay_us,
+        max_queue_per_session,
+        allow_remote,
+        plan=opts.plan(),
+    )
 
 
 def load_fusion_model(config):
@@ -373,31 +429,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        server = build_server(cfg, args.address, args.max_batch, args.max_queue_delay_us,
-                              args.max_queue_per_session, args.allow_remote, args.threads)
+        server = build_server(
+            cfg,
+            args.address,
+            args.max_batch,
+            args.max_queue_delay_us,
+            args.max_queue_per_session,
+            args.allow_remote,
+            args.threads,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return serve_until_stopped(
-        server, f"fusion server on {server.address}: {server.info['model']} via {server.info['backend']} "
-                f"({server.info['reason']}), max batch {server.max_batch}, "
-                f"max queue delay {server.delay_ns // 1000} us", "fusion server")
+        server,
+        f"fusion server on {server.address}: {server.info['model']} via {server.info['backend']} "
+        f"({server.info['reason']}), max batch {server.max_batch}, "
+        f"max queue delay {server.delay_ns // 1000} us",
+        "fusion server",
+    )
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve the fusion model to many sessions, batched dynamically")
-    p.add_argument("--address", default=DEFAULT_ADDRESS,
-                   help=f"where to bind (default {DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)")
+    p.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        help=f"where to bind (default {DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
+    )
     p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([fusion])")
     p.add_argument("--model", default=None, help="fusion model: 'default' or a zoo name")
     p.add_argument("--backend", default=None, choices=["auto", "tensorrt", "compile", "onnxruntime", "eager"])
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
     p.add_argument("--max-batch", type=int, default=None, help="largest batch (default fusion.max_batch)")
-    p.add_argument("--max-queue-delay-us", type=int, default=2000,
-                   help="longest time a request waits for others to join its batch (default 2000)")
-    p.add_argument("--max-queue-per-session", type=int, default=64,
-                   help="requests queued per session before its new ones are refused (default 64)")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="longest time a request waits for others to join its batch (default 2000)",
+    )
+    p.add_argument(
+        "--max-queue-per-session",
+        type=int,
+        default=64,
+        help="requests queued per session before its new ones are refused (default 64)",
+    )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow binding a non-loopback interface (requests are not authenticated)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding a non-loopback interface (requests are not authenticated)",
+    )
     p.set_defaults(func=cmd_serve)

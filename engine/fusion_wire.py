@@ -3,8 +3,8 @@
 ``bool [B, L]`` masks) in the engine's multipart message, and the error a failed request raises."""
 
 from __future__ import annotations
-import numpy as np
 
+import numpy as np
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5560"
 

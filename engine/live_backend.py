@@ -12,7 +12,8 @@ backend and no server).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .backends import BackendOptions, EagerBackend, model_fingerprint, select_backend
 from .fusion_client import RemoteFusion
@@ -52,7 +53,9 @@ def connect_checked(live: Any, address: str, fusion_cfg: Any) -> RemoteFusion:
             f"dims {info.get('dims')}), but this engine is configured for {live.name} (weights {mine}, "
             f"dims {list(live.dims)}): give `sentistream serve` the same [fusion] model/checkpoint"
         )
-    log.info("fusion: windows go to the fusion server at %s (%s via %s)", address, info.get("model"), info.get("backend"))
+    log.info(
+        "fusion: windows go to the fusion server at %s (%s via %s)", address, info.get("model"), info.get("backend")
+    )
     return remote
 
 

@@ -2,9 +2,12 @@
 to a loopback address, a send that gives up at a deadline, and the serve-until-signalled loop."""
 
 from __future__ import annotations
+
 import time
 from typing import Any
+
 import zmq
+
 from . import messages
 from .messages import Message, encode
 

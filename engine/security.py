@@ -68,7 +68,7 @@ class CurveKeys:
     keys_dir: str
 
     @classmethod
-    def load(cls, keys_dir: str) -> "CurveKeys":
+    def load(cls, keys_dir: str) -> CurveKeys:
         import zmq.auth
 
         d = Path(keys_dir)

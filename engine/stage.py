@@ -65,7 +65,7 @@ class StageSpec:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> "StageSpec":
+    def from_json(cls, text: str) -> StageSpec:
         return cls(**json.loads(text))
 
 
@@ -105,9 +105,7 @@ class Stage:
         self.t0_ns: int | None = None  # session start on the shared clock (from "start")
         self._seq: dict[str, int] = defaultdict(int)
         # Seeded on a restart with what the previous run last saw: the gap is counted as dropped.
-        self._last_seq: dict[str, int] = {
-            str(k): int(v) for k, v in (spec.params.get("resume_seq") or {}).items()
-        }
+        self._last_seq: dict[str, int] = {str(k): int(v) for k, v in (spec.params.get("resume_seq") or {}).items()}
         self.counters.last_seq = self._last_seq
         self._flowing = False  # reported "flowing" (first output after a start)
         self._eos_sent: dict[str, list[bytes]] = {}  # the last eos of each output stream (for repeats)

@@ -30,11 +30,11 @@ from typing import Any
 
 import zmq
 
+from ..pipelines.definition import Pipeline, StageDef
 from .config import EngineConfig
 from .messages import MAX_FRAME_BYTES, MessageError, decode, now_ns
 from .security import SocketSecurity
 from .stage import EXIT_FATAL, StageSpec
-from ..pipelines.definition import Pipeline, StageDef
 
 log = logging.getLogger("sentistream.supervisor")
 
@@ -242,7 +242,10 @@ class Supervisor:
                 sp.pending_restart = None
                 log.warning(
                     "stage %s is back: respawned %.2f s after it died, ready after %.2f s, output resumed after %.2f s",
-                    sp.spec.name, rec.get("respawn_s", -1), rec.get("ready_s", -1), rec["flowing_s"],
+                    sp.spec.name,
+                    rec.get("respawn_s", -1),
+                    rec.get("ready_s", -1),
+                    rec["flowing_s"],
                 )
         elif kind == "device_lost":
             event = {
@@ -255,7 +258,11 @@ class Supervisor:
             self.device_events.append(event)
             log.error(
                 "%s lost: %s (stage %s, stream %s, at %.2f s); the session goes on, that modality is masked",
-                event["device"], event["error"], event["stage"], event["stream"], float(event["t_media_s"] or 0.0),
+                event["device"],
+                event["error"],
+                event["stage"],
+                event["stream"],
+                float(event["t_media_s"] or 0.0),
             )
         elif kind == "stats":
             prev = sp.last_stats.get("counters", {})
@@ -356,8 +363,12 @@ class Supervisor:
             log.warning(
                 "restart of %s (exit code %s, died at %s s): respawned after %s s, ready after %s s, "
                 "output resumed after %s s",
-                rec["stage"], rec["exit_code"], rec.get("died_at_s"), rec.get("respawn_s", "-"),
-                rec.get("ready_s", "-"), rec.get("flowing_s", "-"),
+                rec["stage"],
+                rec["exit_code"],
+                rec.get("died_at_s"),
+                rec.get("respawn_s", "-"),
+                rec.get("ready_s", "-"),
+                rec.get("flowing_s", "-"),
             )
         return RunResult(
             exit_code=code,
@@ -373,8 +384,10 @@ class Supervisor:
         """A stage process ended: keep its counters and what a restart resumes from."""
         counters = sp.last_stats.get("counters", {})
         sp.carried = _add_counters(sp.carried, counters)
-        sp.resume = {"t_media_s": sp.last_stats.get("t_media_s", sp.resume.get("t_media_s", 0.0)),
-                     "last_seq": counters.get("last_seq", {})}
+        sp.resume = {
+            "t_media_s": sp.last_stats.get("t_media_s", sp.resume.get("t_media_s", 0.0)),
+            "last_seq": counters.get("last_seq", {}),
+        }
         sp.last_stats = {}
 
     def _drain_control(self) -> None:

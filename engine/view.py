@@ -35,7 +35,7 @@ class EventView:
         self.stage_state: dict[str, str] = {}
         self.live: Live | None = None
 
-    def __enter__(self) -> "EventView":
+    def __enter__(self) -> EventView:
         if self.mode == "live":
             self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=False)
             self.live.__enter__()
@@ -59,7 +59,7 @@ class EventView:
             lat = event.get("latency_ms", {}).get("capture_to_emit", 0.0)
             print(
                 f"[{win.get('t0', 0):7.2f}-{win.get('t1', 0):7.2f}] {event.get('label', ''):8s} "
-                f"{event.get('score', 0):+.2f}  latency {lat:6.1f} ms  \"{event.get('transcript', '')}\""
+                f'{event.get("score", 0):+.2f}  latency {lat:6.1f} ms  "{event.get("transcript", "")}"'
                 + (f"  +[{' '.join(w['text'] for w in event.get('new_words', []))}]" if event.get("new_words") else ""),
                 flush=True,
             )
@@ -88,17 +88,29 @@ class EventView:
             score = float(ev.get("score", 0.0))
             win = ev.get("window", {})
             table.add_row("window", f"{win.get('t0', 0):.2f} – {win.get('t1', 0):.2f} s   (event {self.count})")
-            table.add_row("sentiment", Text(f"{label:9s} {score:+.2f}   confidence {ev.get('confidence', 0):.2f}",
-                                            style=LABEL_STYLE.get(label, "")))
+            table.add_row(
+                "sentiment",
+                Text(
+                    f"{label:9s} {score:+.2f}   confidence {ev.get('confidence', 0):.2f}",
+                    style=LABEL_STYLE.get(label, ""),
+                ),
+            )
             spark = "".join(" ▁▂▃▄▅▆▇█"[min(8, max(0, int((s + 3) / 6 * 8.99)))] for s in self.history)
             table.add_row("last 15 s", spark)
             for k, v in ev.get("contributions", {}).items():
                 table.add_row(f"  {k}", f"{_bar(v)} {v:.2f}")
-            table.add_row("transcript", ev.get("transcript", "") + (f" [dim]{ev.get('partial', '')}[/dim]" if ev.get("partial") else ""))
+            table.add_row(
+                "transcript",
+                ev.get("transcript", "") + (f" [dim]{ev.get('partial', '')}[/dim]" if ev.get("partial") else ""),
+            )
             lat = ev.get("latency_ms", {})
-            table.add_row("latency", f"capture→emit {lat.get('capture_to_emit', 0):.1f} ms, model {lat.get('model', 0):.1f} ms")
+            table.add_row(
+                "latency", f"capture→emit {lat.get('capture_to_emit', 0):.1f} ms, model {lat.get('model', 0):.1f} ms"
+            )
             model = ev.get("model", {})
-            table.add_row("model", f"{model.get('name')}" + (" (UNTRAINED PLACEHOLDER)" if model.get("placeholder") else ""))
+            table.add_row(
+                "model", f"{model.get('name')}" + (" (UNTRAINED PLACEHOLDER)" if model.get("placeholder") else "")
+            )
             table.add_row("stages", ", ".join(f"{k}={v}" for k, v in self.stage_state.items()))
         said = Text(" ".join(self.transcript)[-300:], style="cyan")
         return Group(Panel(table, title="sentistream", subtitle=self.events_address), Panel(said, title="said"))

@@ -203,8 +203,9 @@ class CompleteClock:
     def slowest(self) -> float:
         return self._slowest
 
-    def clock(self, newest: float, now: float, ended: set[str] | frozenset[str] = frozenset()
-              ) -> tuple[float, list[str]]:
+    def clock(
+        self, newest: float, now: float, ended: set[str] | frozenset[str] = frozenset()
+    ) -> tuple[float, list[str]]:
         """(how far windows may be cut, the inputs that stalled: [] while none has); an input in
         ``ended`` has sent its end of stream and holds nothing up."""
         waiting = {s: self.progress.get(s, 0.0) for s in self.inputs if s not in ended}

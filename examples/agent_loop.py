@@ -43,8 +43,10 @@ def compose_reply(user_text: str, summary: Summary, latest: SentimentEvent | Non
         reply = "I see. Tell me more." if summary.trend_label != "falling" else "Is something bothering you?"
     if heard:
         reply += f' (I heard: "{heard}")'
-    return f"{reply}  [sentiment {label} {score:+.2f}, last {summary.seconds:.0f} s mean {summary.mean_score:+.2f}, " \
+    return (
+        f"{reply}  [sentiment {label} {score:+.2f}, last {summary.seconds:.0f} s mean {summary.mean_score:+.2f}, "
         f"{summary.trend_label}]{caveat}"
+    )
 
 
 def _echo(text: str) -> str:

@@ -52,8 +52,18 @@ from .registry import register
 class TokenEmbedder(nn.Module):
     """eq. 1: Linear -> Transformer over [T learned tokens; x]; returns the T token outputs."""
 
-    def __init__(self, in_dim: int, d: int, tokens: int, depth: int, heads: int, dim_head: int,
-                 mlp_dim: int, dropout: float, max_len: int):
+    def __init__(
+        self,
+        in_dim: int,
+        d: int,
+        tokens: int,
+        depth: int,
+        heads: int,
+        dim_head: int,
+        mlp_dim: int,
+        dropout: float,
+        max_len: int,
+    ):
         super().__init__()
         self.tokens = tokens
         self.proj = nn.Linear(in_dim, d)
@@ -61,7 +71,8 @@ class TokenEmbedder(nn.Module):
         self.pos = LearnedPositions(max_len + tokens, d)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            [PreNormTransformerLayer(d, heads, dim_head, mlp_dim, dropout) for _ in range(depth)])
+            [PreNormTransformerLayer(d, heads, dim_head, mlp_dim, dropout) for _ in range(depth)]
+        )
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         b = x.shape[0]
@@ -115,33 +126,54 @@ class CrossFusionLayer(nn.Module):
 
 @register("almt")
 class ALMT(FusionModel):
-    def __init__(self, dims: ModalityDims, d: int = 128, tokens: int = 8, heads: int = 8,
-                 dim_head: int = 16, ahl_dim_head: int = 16, ahl_layers: int = 3,
-                 embed_depth: int = 1, fusion_depth: int = 2, mlp_dim: int = 128,
-                 dropout: float = 0.1, ahl_dropout: float = 0.0, max_len: int = 512):
+    def __init__(
+        self,
+        dims: ModalityDims,
+        d: int = 128,
+        tokens: int = 8,
+        heads: int = 8,
+        dim_head: int = 16,
+        ahl_dim_head: int = 16,
+        ahl_layers: int = 3,
+        embed_depth: int = 1,
+        fusion_depth: int = 2,
+        mlp_dim: int = 128,
+        dropout: float = 0.1,
+        ahl_dropout: float = 0.0,
+        max_len: int = 512,
+    ):
         super().__init__(dims)
         if ahl_layers < 1:
             raise ValueError("ahl_layers must be >= 1")
         self.tokens = tokens
-        emb = dict(d=d, tokens=tokens, depth=embed_depth, heads=heads, dim_head=dim_head,
-                   mlp_dim=mlp_dim, dropout=dropout, max_len=max_len)
+        emb = dict(
+            d=d,
+            tokens=tokens,
+            depth=embed_depth,
+            heads=heads,
+            dim_head=dim_head,
+            mlp_dim=mlp_dim,
+            dropout=dropout,
+            max_len=max_len,
+        )
         self.embed_l = TokenEmbedder(dims.text, **emb)
         self.embed_a = TokenEmbedder(dims.audio, **emb)
         self.embed_v = TokenEmbedder(dims.vision, **emb)
         # eq. 2: language encoder producing ahl_layers scales (input + ahl_layers - 1 outputs)
         self.l_pos = LearnedPositions(tokens, d)
-        self.l_encoder = nn.ModuleList([PreNormTransformerLayer(d, heads, dim_head, mlp_dim, dropout)
-                                        for _ in range(ahl_layers - 1)])
+        self.l_encoder = nn.ModuleList(
+            [PreNormTransformerLayer(d, heads, dim_head, mlp_dim, dropout) for _ in range(ahl_layers - 1)]
+        )
         self.h_hyper = nn.Parameter(torch.ones(1, tokens, d))
-        self.ahl = nn.ModuleList([AHLLayer(d, heads, ahl_dim_head, ahl_dropout)
-                                  for _ in range(ahl_layers)])
+        self.ahl = nn.ModuleList([AHLLayer(d, heads, ahl_dim_head, ahl_dropout) for _ in range(ahl_layers)])
         # eqs. 6-8
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_s = LearnedPositions(tokens + 1, d)
         self.pos_t = LearnedPositions(tokens + 1, d)
         self.fusion_drop = nn.Dropout(dropout)
-        self.fusion = nn.ModuleList([CrossFusionLayer(d, heads, dim_head, mlp_dim, dropout)
-                                     for _ in range(fusion_depth)])
+        self.fusion = nn.ModuleList(
+            [CrossFusionLayer(d, heads, dim_head, mlp_dim, dropout) for _ in range(fusion_depth)]
+        )
         self.head = nn.Linear(d, 1)  # eq. 9
 
     def forward(self, inputs: FusionInputs) -> FusionOutput:
@@ -173,7 +205,9 @@ class ALMT(FusionModel):
         feat = target[:, 0]
         score = self.head(feat).squeeze(-1)
 
-        raw = torch.stack([scales[-1].norm(dim=-1).mean(dim=1), acc_a.norm(dim=-1).mean(dim=1),
-                           acc_v.norm(dim=-1).mean(dim=1)], dim=-1)
+        raw = torch.stack(
+            [scales[-1].norm(dim=-1).mean(dim=1), acc_a.norm(dim=-1).mean(dim=1), acc_v.norm(dim=-1).mean(dim=1)],
+            dim=-1,
+        )
         contributions = normalise_contributions(raw, inputs.present())
         return FusionOutput(score, contributions, {"feature": feat, "hyper": hyper})

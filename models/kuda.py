@@ -57,8 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, masked_mean, \
-    normalise_contributions
+from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, masked_mean, normalise_contributions
 from .layers import FeedForward, LearnedPositions, MultiHeadAttention, PostNormTransformerLayer
 from .registry import register
 
@@ -70,8 +69,9 @@ class KIAdapter(nn.Module):
         super().__init__()
         low = dim // 2
         self.down = nn.Linear(dim, low)
-        self.layers = nn.ModuleList([PostNormTransformerLayer(low, heads, max(low // 2, 1), dropout)
-                                     for _ in range(layers)])
+        self.layers = nn.ModuleList(
+            [PostNormTransformerLayer(low, heads, max(low // 2, 1), dropout) for _ in range(layers)]
+        )
         self.up = nn.Linear(low, dim)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -84,15 +84,27 @@ class KIAdapter(nn.Module):
 class UnimodalEncoder(nn.Module):
     """Encoder + knowledge-inject adapters; returns [LN(s_L) ; adapter chain output] [B, L, 2e]."""
 
-    def __init__(self, in_dim: int, enc_dim: int, layers: int, heads: int, dropout: float,
-                 adapter_layers: int, adapter_heads: int, adapter_dropout: float, max_len: int):
+    def __init__(
+        self,
+        in_dim: int,
+        enc_dim: int,
+        layers: int,
+        heads: int,
+        dropout: float,
+        adapter_layers: int,
+        adapter_heads: int,
+        adapter_dropout: float,
+        max_len: int,
+    ):
         super().__init__()
         self.proj = nn.Linear(in_dim, enc_dim)
         self.pos = LearnedPositions(max_len, enc_dim)
-        self.layers = nn.ModuleList([PostNormTransformerLayer(enc_dim, heads, enc_dim // 2, dropout)
-                                     for _ in range(layers)])
-        self.adapters = nn.ModuleList([KIAdapter(enc_dim, adapter_layers, adapter_heads,
-                                                 adapter_dropout) for _ in range(layers)])
+        self.layers = nn.ModuleList(
+            [PostNormTransformerLayer(enc_dim, heads, enc_dim // 2, dropout) for _ in range(layers)]
+        )
+        self.adapters = nn.ModuleList(
+            [KIAdapter(enc_dim, adapter_layers, adapter_heads, adapter_dropout) for _ in range(layers)]
+        )
         self.norm = nn.LayerNorm(enc_dim)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -112,8 +124,15 @@ class UnimodalDecoder(nn.Module):
         super().__init__()
         h = [max(enc_dim // 2, 1), max(enc_dim // 4, 1), max(enc_dim // 8, 1)]
         self.drop = nn.Dropout(dropout)
-        self.mlp = nn.Sequential(nn.Linear(in_dim, h[0]), nn.GELU(), nn.Linear(h[0], h[1]), nn.GELU(),
-                                 nn.Linear(h[1], h[2]), nn.GELU(), nn.Linear(h[2], 1))
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, h[0]),
+            nn.GELU(),
+            nn.Linear(h[0], h[1]),
+            nn.GELU(),
+            nn.Linear(h[1], h[2]),
+            nn.GELU(),
+            nn.Linear(h[2], 1),
+        )
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.mlp(self.drop(masked_mean(x, mask))).squeeze(-1)
@@ -147,8 +166,9 @@ class DynamicAttentionBlock(nn.Module):
         self.ffn = FeedForward(dim, ffn, 0.0)
         self.norm3 = nn.LayerNorm(dim, eps=1e-6)
 
-    def forward(self, source: Tensor, source_mask: Tensor, unis: list[Tensor], masks: list[Tensor],
-                ratio: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, source: Tensor, source_mask: Tensor, unis: list[Tensor], masks: list[Tensor], ratio: Tensor
+    ) -> tuple[Tensor, Tensor]:
         fused = torch.zeros_like(source)
         sizes = []
         qm = source_mask.to(source.dtype)
@@ -164,27 +184,48 @@ class DynamicAttentionBlock(nn.Module):
 
 @register("kuda")
 class KuDA(FusionModel):
-    def __init__(self, dims: ModalityDims, enc_dim: int = 128, enc_layers: int = 4,
-                 enc_heads: int = 8, enc_dropout: float = 0.2, adapter_layers: int = 2,
-                 adapter_heads: int = 4, adapter_dropout: float = 0.1, decoder_dropout: float = 0.0,
-                 hidden: int = 256, ffn: int = 512, heads: int = 8, fusion_layers: int = 3,
-                 fusion_dropout: float = 0.3, ratio_k: float = 0.1, nce_weight: float = 0.01,
-                 uni_weight: float = 1.0, max_len: int = 512):
+    def __init__(
+        self,
+        dims: ModalityDims,
+        enc_dim: int = 128,
+        enc_layers: int = 4,
+        enc_heads: int = 8,
+        enc_dropout: float = 0.2,
+        adapter_layers: int = 2,
+        adapter_heads: int = 4,
+        adapter_dropout: float = 0.1,
+        decoder_dropout: float = 0.0,
+        hidden: int = 256,
+        ffn: int = 512,
+        heads: int = 8,
+        fusion_layers: int = 3,
+        fusion_dropout: float = 0.3,
+        ratio_k: float = 0.1,
+        nce_weight: float = 0.01,
+        uni_weight: float = 1.0,
+        max_len: int = 512,
+    ):
         super().__init__(dims)
         self.ratio_k, self.nce_weight, self.uni_weight = ratio_k, nce_weight, uni_weight
         self.stage = 0
-        enc = dict(enc_dim=enc_dim, layers=enc_layers, heads=enc_heads, dropout=enc_dropout,
-                   adapter_layers=adapter_layers, adapter_heads=adapter_heads,
-                   adapter_dropout=adapter_dropout, max_len=max_len)
+        enc = dict(
+            enc_dim=enc_dim,
+            layers=enc_layers,
+            heads=enc_heads,
+            dropout=enc_dropout,
+            adapter_layers=adapter_layers,
+            adapter_heads=adapter_heads,
+            adapter_dropout=adapter_dropout,
+            max_len=max_len,
+        )
         self.encoders = nn.ModuleList([UnimodalEncoder(d, **enc) for d in dims])
-        self.decoders = nn.ModuleList([UnimodalDecoder(2 * enc_dim, enc_dim, decoder_dropout)
-                                       for _ in range(3)])
+        self.decoders = nn.ModuleList([UnimodalDecoder(2 * enc_dim, enc_dim, decoder_dropout) for _ in range(3)])
         self.dim_align = nn.ModuleList([nn.Linear(2 * enc_dim, hidden) for _ in range(3)])
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, hidden))
-        self.blocks = nn.ModuleList([DynamicAttentionBlock(hidden, heads, ffn, fusion_dropout)
-                                     for _ in range(fusion_layers)])
-        self.cls = nn.Sequential(nn.Linear(hidden, 64), nn.GELU(), nn.Linear(64, 32), nn.GELU(),
-                                 nn.Linear(32, 1))
+        self.blocks = nn.ModuleList(
+            [DynamicAttentionBlock(hidden, heads, ffn, fusion_dropout) for _ in range(fusion_layers)]
+        )
+        self.cls = nn.Sequential(nn.Linear(hidden, 64), nn.GELU(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 1))
 
     # ------------------------------------------------------------------ stages
     def unimodal_modules(self) -> list[nn.Module]:
@@ -231,8 +272,7 @@ class KuDA(FusionModel):
         z0 = self.fusion_token.expand(b, -1, -1) + (pooled[0] + pooled[1] + pooled[2]).unsqueeze(1)
         seq = unis[0] + (pooled[1] + pooled[2]).unsqueeze(1)
         source = torch.cat([z0, seq], dim=1)
-        source_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=source.device), masks[0]],
-                                dim=1)
+        source_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=source.device), masks[0]], dim=1)
 
         ratio = self._ratio(uni_pred, present, inputs.labels)
         sizes = torch.zeros_like(ratio)
@@ -242,8 +282,7 @@ class KuDA(FusionModel):
         fused = masked_mean(source, source_mask)
         score = self.cls(fused).squeeze(-1)
         contributions = normalise_contributions(sizes * ratio, present)
-        aux = {"unimodal": uni_pred, "ratio": ratio, "fused": fused,
-               "pooled_unimodal": torch.stack(pooled, dim=1)}
+        aux = {"unimodal": uni_pred, "ratio": ratio, "fused": fused, "pooled_unimodal": torch.stack(pooled, dim=1)}
         return FusionOutput(score, contributions, aux)
 
     # ------------------------------------------------------------------ losses
@@ -257,8 +296,7 @@ class KuDA(FusionModel):
         p = present.to(x.dtype)
         return (-(pos - neg) * p).sum() / p.sum().clamp_min(1.0)
 
-    def auxiliary_losses(self, inputs: FusionInputs, output: FusionOutput, labels: Tensor
-                         ) -> dict[str, Tensor]:
+    def auxiliary_losses(self, inputs: FusionInputs, output: FusionOutput, labels: Tensor) -> dict[str, Tensor]:
         present = inputs.present().to(output.score.dtype)
         y = labels.reshape(-1, 1).to(output.score.dtype)
         losses: dict[str, Tensor] = {}

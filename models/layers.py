@@ -9,7 +9,6 @@ branching, so ``torch.compile`` and ONNX export can trace every block.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from .base import reverse_padded
 
 
-def masked_softmax(scores: Tensor, key_mask: Optional[Tensor], dim: int = -1) -> Tensor:
+def masked_softmax(scores: Tensor, key_mask: Tensor | None, dim: int = -1) -> Tensor:
     """Softmax over ``dim`` restricted to valid keys; all-invalid rows give all zeros.
 
     ``key_mask`` must broadcast to ``scores`` (e.g. [B, 1, 1, Lk] for [B, H, Lq, Lk]).
@@ -31,8 +30,9 @@ def masked_softmax(scores: Tensor, key_mask: Optional[Tensor], dim: int = -1) ->
     return w / w.sum(dim=dim, keepdim=True).clamp_min(1e-12)
 
 
-def multihead_attend(q: Tensor, k: Tensor, v: Tensor, heads: int,
-                     key_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+def multihead_attend(
+    q: Tensor, k: Tensor, v: Tensor, heads: int, key_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Attention on already-projected ``q`` [B, Lq, H*dh], ``k``/``v`` [B, Lk, H*dh].
 
     Returns (out [B, Lq, H*dh], weights [B, H, Lq, Lk]).
@@ -42,7 +42,7 @@ def multihead_attend(q: Tensor, k: Tensor, v: Tensor, heads: int,
     qh = q.view(b, lq, heads, dh).transpose(1, 2)
     kh = k.view(b, k.shape[1], heads, dh).transpose(1, 2)
     vh = v.view(b, v.shape[1], heads, dh).transpose(1, 2)
-    scores = torch.matmul(qh, kh.transpose(-1, -2)) * (dh ** -0.5)
+    scores = torch.matmul(qh, kh.transpose(-1, -2)) * (dh**-0.5)
     km = key_mask[:, None, None, :] if key_mask is not None else None
     attn = masked_softmax(scores, km)
     out = torch.matmul(attn, vh).transpose(1, 2).reshape(b, lq, inner)
@@ -55,14 +55,21 @@ class MultiHeadAttention(nn.Module):
     ``forward(q, k, v, key_mask)`` -> (out [B, Lq, d_model], attn [B, H, Lq, Lk]).
     """
 
-    def __init__(self, d_model: int, heads: int = 8, dim_head: Optional[int] = None,
-                 dropout: float = 0.0, qkv_bias: bool = False, d_kv: Optional[int] = None):
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 8,
+        dim_head: int | None = None,
+        dropout: float = 0.0,
+        qkv_bias: bool = False,
+        d_kv: int | None = None,
+    ):
         super().__init__()
         dim_head = dim_head or d_model // heads
         inner = heads * dim_head
         d_kv = d_kv or d_model
         self.heads, self.dim_head = heads, dim_head
-        self.scale = dim_head ** -0.5
+        self.scale = dim_head**-0.5
         self.to_q = nn.Linear(d_model, inner, bias=qkv_bias)
         self.to_k = nn.Linear(d_kv, inner, bias=qkv_bias)
         self.to_v = nn.Linear(d_kv, inner, bias=qkv_bias)
@@ -74,8 +81,7 @@ class MultiHeadAttention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, self.dim_head).transpose(1, 2)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
-               ) -> tuple[Tensor, Tensor]:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Attention before the output projection: ([B, Lq, inner], weights [B, H, Lq, Lk])."""
         qh, kh, vh = self._split(self.to_q(q)), self._split(self.to_k(k)), self._split(self.to_v(v))
         scores = torch.matmul(qh, kh.transpose(-1, -2)) * self.scale
@@ -85,8 +91,7 @@ class MultiHeadAttention(nn.Module):
         b, h, n, d = out.shape
         return out.transpose(1, 2).reshape(b, n, h * d), attn
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None
-                ) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         out, attn = self.attend(q, k, v, key_mask)
         return self.out_drop(self.to_out(out)), attn
 
@@ -95,8 +100,9 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: str = "gelu"):
         super().__init__()
         act = {"gelu": nn.GELU(), "relu": nn.ReLU()}[activation]
-        self.net = nn.Sequential(nn.Linear(dim, hidden), act, nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), act, nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -108,8 +114,16 @@ class PreNormTransformerLayer(nn.Module):
     Build with ``cross=True`` and pass ``ctx`` for cross-attention; otherwise self-attention.
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: Optional[int], mlp_dim: int,
-                 dropout: float = 0.0, activation: str = "gelu", cross: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int | None,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        activation: str = "gelu",
+        cross: bool = False,
+    ):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim) if cross else None
@@ -117,8 +131,7 @@ class PreNormTransformerLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, mlp_dim, dropout, activation)
 
-    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, ctx: Optional[Tensor] = None
-                ) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, ctx: Tensor | None = None) -> Tensor:
         q = self.norm_q(x)
         if ctx is None:
             kv = q
@@ -127,7 +140,7 @@ class PreNormTransformerLayer(nn.Module):
         x = x + self.attn(q, kv, kv, key_mask)[0]
         return x + self.ff(self.norm_ff(x))
 
-    def forward_first(self, x: Tensor, n: int, key_mask: Optional[Tensor] = None) -> Tensor:
+    def forward_first(self, x: Tensor, n: int, key_mask: Tensor | None = None) -> Tensor:
         """Self-attention layer output at the first ``n`` positions only: ``forward(x)[:, :n]``.
 
         A position's output depends on its own query and on every key / value, so when only a
@@ -143,16 +156,22 @@ class PreNormTransformerLayer(nn.Module):
 class PostNormTransformerLayer(nn.Module):
     """Post-LN layer (original Transformer / ``nn.TransformerEncoderLayer`` default)."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.1,
-                 activation: str = "gelu", dim_head: Optional[int] = None):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_dim: int,
+        dropout: float = 0.1,
+        activation: str = "gelu",
+        dim_head: int | None = None,
+    ):
         super().__init__()
         self.attn = MultiHeadAttention(dim, heads, dim_head, dropout, qkv_bias=True)
         self.norm1 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, mlp_dim, dropout, activation)
         self.norm2 = nn.LayerNorm(dim)
 
-    def forward(self, x: Tensor, key_mask: Optional[Tensor] = None, ctx: Optional[Tensor] = None
-                ) -> Tensor:
+    def forward(self, x: Tensor, key_mask: Tensor | None = None, ctx: Tensor | None = None) -> Tensor:
         kv = x if ctx is None else ctx
         x = self.norm1(x + self.attn(x, kv, kv, key_mask)[0])
         return self.norm2(x + self.ff(x))
@@ -173,8 +192,7 @@ class LearnedPositions(nn.Module):
 def sinusoidal_positions(length: int, dim: int, device=None, dtype=torch.float32) -> Tensor:
     """[length, dim] sin/cos table (fairseq layout: sin half then cos half), positions from 1."""
     half = dim // 2
-    freq = torch.exp(torch.arange(half, device=device, dtype=torch.float32)
-                     * -(math.log(10000.0) / max(half - 1, 1)))
+    freq = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * -(math.log(10000.0) / max(half - 1, 1)))
     pos = torch.arange(1, length + 1, device=device, dtype=torch.float32).unsqueeze(1)
     ang = pos * freq.unsqueeze(0)
     table = torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
@@ -194,10 +212,12 @@ class MaskedBiLSTM(nn.Module):
 
     def __init__(self, input_size: int, hidden: int, num_layers: int = 1, dropout: float = 0.0):
         super().__init__()
-        self.fwd = nn.LSTM(input_size, hidden, num_layers=num_layers, batch_first=True,
-                           dropout=dropout if num_layers > 1 else 0.0)
-        self.bwd = nn.LSTM(input_size, hidden, num_layers=num_layers, batch_first=True,
-                           dropout=dropout if num_layers > 1 else 0.0)
+        self.fwd = nn.LSTM(
+            input_size, hidden, num_layers=num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
+        self.bwd = nn.LSTM(
+            input_size, hidden, num_layers=num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         m = mask.to(x.dtype).unsqueeze(-1)
@@ -233,7 +253,7 @@ def grad_reverse(x: Tensor, lambd: float = 1.0) -> Tensor:
 class AttentionPool(nn.Module):
     """Masked additive attention pooling ``sum_t softmax(w^T tanh(W h_t)) h_t``."""
 
-    def __init__(self, dim: int, hidden: Optional[int] = None):
+    def __init__(self, dim: int, hidden: int | None = None):
         super().__init__()
         hidden = hidden or dim
         self.proj = nn.Linear(dim, hidden)

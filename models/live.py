@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,8 +59,9 @@ BackendFactory = Callable[["LiveModel"], Callable[[Any], Any]]
 
 
 class LiveModel:
-    def __init__(self, fusion_cfg, text_encoder, vision_dim: int, audio_dim: int,
-                 backend_factory: BackendFactory | None = None) -> None:
+    def __init__(
+        self, fusion_cfg, text_encoder, vision_dim: int, audio_dim: int, backend_factory: BackendFactory | None = None
+    ) -> None:
         from .base import ModalityDims
         from .registry import build, load_checkpoint
 
@@ -131,25 +133,35 @@ class LiveModel:
         have = getattr(encoder, "finetune_sha256", "")
         if not want:
             if have:
-                log.warning("text.finetune %s is applied, but checkpoint %s was trained on the plain encoder",
-                            getattr(encoder, "finetune_path", "?"), self.checkpoint)
+                log.warning(
+                    "text.finetune %s is applied, but checkpoint %s was trained on the plain encoder",
+                    getattr(encoder, "finetune_path", "?"),
+                    self.checkpoint,
+                )
             return
         if have == want["sha256"]:
             return
         if have:
-            raise ValueError(f"text.finetune {encoder.finetune_path} (sha256 {have[:12]}) is not the text encoder "
-                             f"checkpoint {self.checkpoint} was trained with ({want['file']}, sha256 "
-                             f"{want['sha256'][:12]}); leave text.finetune empty to use the checkpoint's own")
+            raise ValueError(
+                f"text.finetune {encoder.finetune_path} (sha256 {have[:12]}) is not the text encoder "
+                f"checkpoint {self.checkpoint} was trained with ({want['file']}, sha256 "
+                f"{want['sha256'][:12]}); leave text.finetune empty to use the checkpoint's own"
+            )
         path = Path(self.checkpoint).parent / want["file"]
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {self.checkpoint} needs its fine-tuned text encoder {path}; "
-                                    "keep the two files together")
+            raise FileNotFoundError(
+                f"checkpoint {self.checkpoint} needs its fine-tuned text encoder {path}; keep the two files together"
+            )
         if not hasattr(encoder, "apply_finetune"):
-            raise ValueError(f"checkpoint {self.checkpoint} needs a fine-tuned TextEncoder; "
-                             f"{type(encoder).__name__} cannot load {path.name}")
+            raise ValueError(
+                f"checkpoint {self.checkpoint} needs a fine-tuned TextEncoder; "
+                f"{type(encoder).__name__} cannot load {path.name}"
+            )
         if encoder.apply_finetune(path) != want["sha256"]:
-            raise ValueError(f"{path}: sha256 differs from the one checkpoint {self.checkpoint} recorded "
-                             "(the file was replaced); retrain with `sentistream train-live`")
+            raise ValueError(
+                f"{path}: sha256 differs from the one checkpoint {self.checkpoint} recorded "
+                "(the file was replaced); retrain with `sentistream train-live`"
+            )
         log.info("text encoder: fine-tuned layers %s applied (sha256 %s)", path.name, want["sha256"][:12])
 
     def describe(self) -> dict:

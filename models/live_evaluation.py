@@ -2,16 +2,19 @@
 of its text features, and a load-and-predict check of a checkpoint as the engine reads it."""
 
 from __future__ import annotations
+
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
 import numpy as np
 import torch
+
 from . import data as data_mod
 from . import training
-from .base import FusionInputs, ModalityDims
 from .augmentation import AUDIO_MAX_FRAMES, AUDIO_WINDOW, VISION_MAX_FRAMES, AVAugment, AVPool, live_dims
-
+from .base import FusionInputs, ModalityDims
 
 # --------------------------------------------------------------------------- robustness + speed
 #: Robustness conditions: (audio, vision) shown at evaluation; "pool" = speech / face windows as
@@ -26,23 +29,34 @@ AV_CONDITIONS = {
 }
 
 
-def _with_av(split: data_mod.SplitData, pool: AVPool, dims: ModalityDims, condition: str, seed: int
-             ) -> data_mod.SplitData:
+def _with_av(
+    split: data_mod.SplitData, pool: AVPool, dims: ModalityDims, condition: str, seed: int
+) -> data_mod.SplitData:
     """A copy of ``split`` with audio / vision sequences per :data:`AV_CONDITIONS`."""
     c = AV_CONDITIONS[condition]
     g = torch.Generator().manual_seed(seed)
-    aug = AVAugment(pool, dims, noise_prob=c["noise_prob"],
-                    audio_frames=c.get("audio_frames", AUDIO_MAX_FRAMES))
+    aug = AVAugment(pool, dims, noise_prob=c["noise_prob"], audio_frames=c.get("audio_frames", AUDIO_MAX_FRAMES))
     n = len(split)
     a = [aug.sequence("audio", g) if c["audio"] else np.zeros((0, dims.audio), np.float32) for _ in range(n)]
     v = [aug.sequence("vision", g) if c["vision"] else np.zeros((0, dims.vision), np.float32) for _ in range(n)]
-    return data_mod.SplitData(split.text, data_mod.SequenceStore.from_list(a, dims.audio),
-                              data_mod.SequenceStore.from_list(v, dims.vision), split.labels,
-                              split.ids, split.video_ids, split.raw_text)
+    return data_mod.SplitData(
+        split.text,
+        data_mod.SequenceStore.from_list(a, dims.audio),
+        data_mod.SequenceStore.from_list(v, dims.vision),
+        split.labels,
+        split.ids,
+        split.video_ids,
+        split.raw_text,
+    )
 
 
-def av_robustness(model, splits: data_mod.DatasetSplits, pool: AVPool, seed: int = 123,
-                  conditions: Sequence[str] = tuple(AV_CONDITIONS)) -> dict[str, Any]:
+def av_robustness(
+    model,
+    splits: data_mod.DatasetSplits,
+    pool: AVPool,
+    seed: int = 123,
+    conditions: Sequence[str] = tuple(AV_CONDITIONS),
+) -> dict[str, Any]:
     """Metrics with audio / vision absent vs present (:data:`AV_CONDITIONS`), and the score shift."""
     res: dict[str, Any] = {}
     for split_name in ("valid", "test"):
@@ -68,14 +82,22 @@ def time_forward(model, dims: ModalityDims, threads: int = 1, repeats: int = 200
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     model.eval()
-    cases = {"text_only": (12, 0, 0), "full_window": (12, AUDIO_MAX_FRAMES, VISION_MAX_FRAMES),
-             "full_window_300": (12, AUDIO_WINDOW, VISION_MAX_FRAMES)}
+    cases = {
+        "text_only": (12, 0, 0),
+        "full_window": (12, AUDIO_MAX_FRAMES, VISION_MAX_FRAMES),
+        "full_window_300": (12, AUDIO_WINDOW, VISION_MAX_FRAMES),
+    }
     out: dict[str, float] = {"threads": threads}
     with torch.inference_mode():
         for name, (lt, la, lv) in cases.items():
-            x = FusionInputs(torch.randn(1, lt, dims.text), torch.randn(1, max(la, 1), dims.audio),
-                             torch.randn(1, max(lv, 1), dims.vision), torch.ones(1, lt, dtype=torch.bool),
-                             torch.full((1, max(la, 1)), la > 0), torch.full((1, max(lv, 1)), lv > 0))
+            x = FusionInputs(
+                torch.randn(1, lt, dims.text),
+                torch.randn(1, max(la, 1), dims.audio),
+                torch.randn(1, max(lv, 1), dims.vision),
+                torch.ones(1, lt, dtype=torch.bool),
+                torch.full((1, max(la, 1)), la > 0),
+                torch.full((1, max(lv, 1)), lv > 0),
+            )
             for _ in range(20):
                 model(x)
             ts = []
@@ -104,9 +126,11 @@ def ridge_floor(splits: data_mod.DatasetSplits) -> dict[str, Any]:
         if best is None or mae < best[0]:
             best = (mae, alpha, r)
     _, alpha, r = best
-    return {"alpha": alpha,
-            "valid": training.regression_metrics("mosi", r.predict(splits.valid.pooled), splits.valid.labels),
-            "test": training.regression_metrics("mosi", r.predict(splits.test.pooled), splits.test.labels)}
+    return {
+        "alpha": alpha,
+        "valid": training.regression_metrics("mosi", r.predict(splits.valid.pooled), splits.valid.labels),
+        "test": training.regression_metrics("mosi", r.predict(splits.test.pooled), splits.test.labels),
+    }
 
 
 def check_live_model(path: Path, encoder=None) -> dict[str, Any]:
@@ -117,6 +141,7 @@ def check_live_model(path: Path, encoder=None) -> dict[str, Any]:
 
     if encoder is None:
         from ..perception.text import TextEncoder
+
         encoder = TextEncoder()
     dims = live_dims(encoder.dim)
     # eager backend: this checks loading, normalisation and scores, not the engine's backends
@@ -129,9 +154,15 @@ def check_live_model(path: Path, encoder=None) -> dict[str, Any]:
 
     def window(text: str, ta: int, tv: int) -> Window:
         words = [WordSpan(w, 0.0, 0.1) for w in text.split()]
-        return Window(0.0, 3.0, rng.normal(0, 0.1, (tv, dims.vision)).astype(np.float32),
-                      np.ones(tv, bool), rng.normal(0, 1, (ta, dims.audio)).astype(np.float32), words,
-                      context=words)
+        return Window(
+            0.0,
+            3.0,
+            rng.normal(0, 0.1, (tv, dims.vision)).astype(np.float32),
+            np.ones(tv, bool),
+            rng.normal(0, 1, (ta, dims.audio)).astype(np.float32),
+            words,
+            context=words,
+        )
 
     out = {"placeholder": lm.placeholder, "name": lm.name}
     for text in ("this movie was absolutely wonderful", "it was boring and a total waste of time", ""):

@@ -37,16 +37,27 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import data as data_mod
 from . import registry, training
-from .augmentation import (AUDIO_MAX_FRAMES, AV_BATCH_PROB, EMPTY_TEXT_PROB, REPO, VISION_MAX_FRAMES,
-                           AVAugment, asr_transcripts, live_dims, load_av_pool, with_asr_copies)
+from .augmentation import (
+    AUDIO_MAX_FRAMES,
+    AV_BATCH_PROB,
+    EMPTY_TEXT_PROB,
+    REPO,
+    VISION_MAX_FRAMES,
+    AVAugment,
+    asr_transcripts,
+    live_dims,
+    load_av_pool,
+    with_asr_copies,
+)
 from .live_evaluation import av_robustness, check_live_model, ridge_floor, time_forward
 from .model_card import card_from_checkpoint, write_model_card
 
@@ -61,18 +72,40 @@ DEFAULT_TEXT_FINETUNE = Path(__file__).resolve().parent / "live_text_encoder.saf
 
 #: Small ALMT for a 250 ms hop on a 2-core CPU (the paper's MOSI model uses d = 128 and
 #: fusion depth 2; the AHL structure — 3 layers, 3 language scales, T = 8 tokens, d_k = 16 — is kept).
-LIVE_HPARAMS: dict[str, Any] = dict(d=64, tokens=8, heads=4, dim_head=16, ahl_dim_head=16,
-                                    ahl_layers=3, embed_depth=1, fusion_depth=1, mlp_dim=128,
-                                    dropout=0.2, ahl_dropout=0.0, max_len=320)
+LIVE_HPARAMS: dict[str, Any] = dict(
+    d=64,
+    tokens=8,
+    heads=4,
+    dim_head=16,
+    ahl_dim_head=16,
+    ahl_layers=3,
+    embed_depth=1,
+    fusion_depth=1,
+    mlp_dim=128,
+    dropout=0.2,
+    ahl_dropout=0.0,
+    max_len=320,
+)
 #: lr 2e-4: the lowest mean std-valid MAE (reference + ASR transcripts) of 1e-4 / 2e-4 / 5e-4 on the
 #: fine-tuned text layers (bench/results/live_lr_sweep.md); 5e-4 was chosen for the frozen encoder.
-LIVE_TRAIN: dict[str, Any] = dict(epochs=40, batch_size=32, lr=2e-4, weight_decay=1e-2,
-                                  optimizer="adamw", scheduler="warmup_cosine", warmup_ratio=0.1,
-                                  grad_clip=1.0, loss="l1", select_metric="mae", patience=10,
-                                  audio_dropout=0.3, vision_dropout=0.3)
+LIVE_TRAIN: dict[str, Any] = dict(
+    epochs=40,
+    batch_size=32,
+    lr=2e-4,
+    weight_decay=1e-2,
+    optimizer="adamw",
+    scheduler="warmup_cosine",
+    warmup_ratio=0.1,
+    grad_clip=1.0,
+    loss="l1",
+    select_metric="mae",
+    patience=10,
+    audio_dropout=0.3,
+    vision_dropout=0.3,
+)
 
 
-def load_fold_encoders(crossfit: dict[str, Any], cache_dir: Optional[Path]) -> list[tuple[Any, dict[str, Any]]]:
+def load_fold_encoders(crossfit: dict[str, Any], cache_dir: Path | None) -> list[tuple[Any, dict[str, Any]]]:
     """The ``train-text`` fold encoders (encoder, identity) named by ``crossfit``, checked by sha256."""
     from .text_finetune import crossfit_dir
 
@@ -80,8 +113,10 @@ def load_fold_encoders(crossfit: dict[str, Any], cache_dir: Optional[Path]) -> l
     for f in crossfit["files"]:
         path = crossfit_dir(cache_dir, "") / f["file"]
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: an encoder the text fine-tune left (fold or selected) is not in this "
-                                    "cache; run `sentistream train-text` again (or train-live --text-finetune none)")
+            raise FileNotFoundError(
+                f"{path}: an encoder the text fine-tune left (fold or selected) is not in this "
+                "cache; run `sentistream train-text` again (or train-live --text-finetune none)"
+            )
         enc, ident = data_mod.make_text_encoder(finetune=str(path))
         if ident["finetune_sha256"] != f["sha256"]:
             raise ValueError(f"{path}: not the encoder the text fine-tune recorded; run train-text again")
@@ -89,32 +124,42 @@ def load_fold_encoders(crossfit: dict[str, Any], cache_dir: Optional[Path]) -> l
     return out
 
 
-def out_of_fold_encode(texts: Sequence[str], video_ids: Sequence[str], crossfit: dict[str, Any],
-                       cache_dir: Optional[Path], progress: bool,
-                       encoders: Optional[list[tuple[Any, dict[str, Any]]]] = None
-                       ) -> tuple[data_mod.SequenceStore, np.ndarray]:
+def out_of_fold_encode(
+    texts: Sequence[str],
+    video_ids: Sequence[str],
+    crossfit: dict[str, Any],
+    cache_dir: Path | None,
+    progress: bool,
+    encoders: list[tuple[Any, dict[str, Any]]] | None = None,
+) -> tuple[data_mod.SequenceStore, np.ndarray]:
     """Each text encoded by the ``train-text`` fold encoder that did not train on its video
     (``encoders``: from :func:`load_fold_encoders`, loaded here when not given)."""
     stores = []
     for enc, ident in encoders or load_fold_encoders(crossfit, cache_dir):
-        store, pooled, _ = data_mod.encode_texts(list(texts), enc, ident, cache_dir, None, progress,
-                                                 tag="live_oof_tokens")
+        store, pooled, _ = data_mod.encode_texts(
+            list(texts), enc, ident, cache_dir, None, progress, tag="live_oof_tokens"
+        )
         stores.append((store, pooled))
     # a video without any non-empty transcript was never assigned; its (empty) texts encode alike
     fold = [int(crossfit["video_fold"].get(str(v), 0)) for v in video_ids]
     seqs = [stores[k][0].get(i) for i, k in enumerate(fold)]
-    return (data_mod.SequenceStore.from_list(seqs, stores[0][0].dim),
-            np.stack([stores[k][1][i] for i, k in enumerate(fold)]).astype(np.float32))
+    return (
+        data_mod.SequenceStore.from_list(seqs, stores[0][0].dim),
+        np.stack([stores[k][1][i] for i, k in enumerate(fold)]).astype(np.float32),
+    )
 
 
-REFIT_RULE = ("the epoch count is chosen by early stopping on std-valid; the shipped weights are then "
-              "retrained, same seed and configuration, on train + valid (+ their ASR copies) for that many "
-              "epochs of the same LR schedule; valid figures are the selected run's (the shipped model "
-              "trained on valid), test figures the shipped model's")
+REFIT_RULE = (
+    "the epoch count is chosen by early stopping on std-valid; the shipped weights are then "
+    "retrained, same seed and configuration, on train + valid (+ their ASR copies) for that many "
+    "epochs of the same LR schedule; valid figures are the selected run's (the shipped model "
+    "trained on valid), test figures the shipped model's"
+)
 
 
-def _text_select_encoder(ft_meta: dict[str, Any], cache_dir: Optional[Path]
-                         ) -> tuple[dict[str, Any], Optional[list[tuple[Any, dict[str, Any]]]]]:
+def _text_select_encoder(
+    ft_meta: dict[str, Any], cache_dir: Path | None
+) -> tuple[dict[str, Any], list[tuple[Any, dict[str, Any]]] | None]:
     """With a train-text refit: the train-only encoder it selected, as a one-fold cross-fit set
     (every video -> fold 0) and its loaded encoder; otherwise ({}, None)."""
     refit = (ft_meta or {}).get("refit") or {}
@@ -125,11 +170,22 @@ def _text_select_encoder(ft_meta: dict[str, Any], cache_dir: Optional[Path]
 
 
 # --------------------------------------------------------------------------- main entry
-def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Optional[Path] = DEFAULT_CARD,
-               seed: int = 0, hparams: Optional[dict] = None, train_overrides: Optional[dict] = None,
-               cache_dir: Optional[Path] = None, n_audio: int = 160, progress: bool = True,
-               command: str = "", threads: Optional[int] = None, asr_augment: bool = True,
-               text_finetune: Optional[Path] = None, refit: bool = True) -> dict[str, Any]:
+def train_live(
+    data_path: Path = DEFAULT_DATA,
+    out: Path = DEFAULT_OUT,
+    card: Path | None = DEFAULT_CARD,
+    seed: int = 0,
+    hparams: dict | None = None,
+    train_overrides: dict | None = None,
+    cache_dir: Path | None = None,
+    n_audio: int = 160,
+    progress: bool = True,
+    command: str = "",
+    threads: int | None = None,
+    asr_augment: bool = True,
+    text_finetune: Path | None = None,
+    refit: bool = True,
+) -> dict[str, Any]:
     """Train the live ALMT on the engine's own features; ``text_finetune`` (a ``train-text`` file)
     is applied to the text encoder first, recorded in the checkpoint and copied beside it.
 
@@ -148,13 +204,28 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         from ..perception.text import finetune_info
 
         info = finetune_info(text_finetune)
-        keep = ("config", "trained", "best_epoch", "valid", "test", "command", "created", "asr_copies", "crossfit",
-                "refit")
-        ft_meta = {"file": Path(text_finetune).name, "sha256": info["sha256"],
-                   "bytes": Path(text_finetune).stat().st_size, **{k: info["meta"].get(k) for k in keep}}
+        keep = (
+            "config",
+            "trained",
+            "best_epoch",
+            "valid",
+            "test",
+            "command",
+            "created",
+            "asr_copies",
+            "crossfit",
+            "refit",
+        )
+        ft_meta = {
+            "file": Path(text_finetune).name,
+            "sha256": info["sha256"],
+            "bytes": Path(text_finetune).stat().st_size,
+            **{k: info["meta"].get(k) for k in keep},
+        }
     dims = live_dims(encoder.dim)
-    splits = data_mod.load_mosi_text(data_path, dims.audio, dims.vision, encoder=encoder, identity=ident,
-                                     cache_dir=cache_dir, progress=progress)
+    splits = data_mod.load_mosi_text(
+        data_path, dims.audio, dims.vision, encoder=encoder, identity=ident, cache_dir=cache_dir, progress=progress
+    )
     texts_train = list(splits.train.raw_text)
     pool = load_av_pool(texts_train, cache_dir, n_audio=n_audio, seed=seed)
     crossfit = (ft_meta.get("crossfit") or {}) if ft_meta else {}
@@ -162,30 +233,40 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
     if fold_encoders:
         # Train rows encoded by the final encoder would be ones it has fitted: use the fold
         # encoder that never saw each row's video (valid / test keep the final encoder).
-        store, pooled = out_of_fold_encode(texts_train, splits.train.video_ids, crossfit, cache_dir, progress,
-                                           fold_encoders)
+        store, pooled = out_of_fold_encode(
+            texts_train, splits.train.video_ids, crossfit, cache_dir, progress, fold_encoders
+        )
         splits.train.text, splits.train.pooled = store, pooled
     select_set, select_encoder = _text_select_encoder(ft_meta, cache_dir)
     if select_encoder:
         # The shipped layers were retrained on valid: encode the valid rows (selection, and the
         # ALMT's refit rows) with the train-only encoder train-text selected, as if out of fold.
         splits.valid.text, splits.valid.pooled = out_of_fold_encode(
-            list(splits.valid.raw_text), splits.valid.video_ids, select_set, cache_dir, progress, select_encoder)
+            list(splits.valid.raw_text), splits.valid.video_ids, select_set, cache_dir, progress, select_encoder
+        )
     asr_info: dict[str, Any] = {"enabled": False}
-    reference_splits = data_mod.DatasetSplits(splits.train, splits.valid, splits.test, splits.name,
-                                              splits.kind, splits.info)
+    reference_splits = data_mod.DatasetSplits(
+        splits.train, splits.valid, splits.test, splits.name, splits.kind, splits.info
+    )
     if asr_augment:
         # The live text branch reads Whisper's transcripts, not clean ones: train on both.
         hyps, asr_info = asr_transcripts(texts_train, cache_dir, seed)
         from ..perception.wer import wer
 
         asr_info.update(enabled=True, rows=len(hyps), wer=round(wer(texts_train, hyps), 4))
-        splits.train = with_asr_copies(splits.train, hyps, encoder, ident, cache_dir, progress,
-                                       out_of_fold_encode(hyps, splits.train.video_ids, crossfit, cache_dir, progress,
-                                                          fold_encoders) if fold_encoders else None)
+        splits.train = with_asr_copies(
+            splits.train,
+            hyps,
+            encoder,
+            ident,
+            cache_dir,
+            progress,
+            out_of_fold_encode(hyps, splits.train.video_ids, crossfit, cache_dir, progress, fold_encoders)
+            if fold_encoders
+            else None,
+        )
     hp = {**LIVE_HPARAMS, **(hparams or {})}
-    cfg = training.TrainConfig.from_dict({**LIVE_TRAIN, **(train_overrides or {}),
-                                          "seed": seed, "progress": progress})
+    cfg = training.TrainConfig.from_dict({**LIVE_TRAIN, **(train_overrides or {}), "seed": seed, "progress": progress})
     augment = AVAugment(pool, dims, batch_prob=AV_BATCH_PROB, empty_text_prob=EMPTY_TEXT_PROB)  # stateless
     result = training.train_model(LIVE_MODEL, splits, cfg, seed=seed, hparams=hp, augment=augment)
     shipped, refit_info = result, {"enabled": False}
@@ -193,13 +274,26 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         valid_rows = splits.valid
         if asr_augment:  # valid's ASR copies: the ones train-text selected on (seed + 1)
             va_hyps, _ = asr_transcripts(list(splits.valid.raw_text), cache_dir, seed + 1)
-            valid_rows = with_asr_copies(splits.valid, va_hyps, encoder, ident, cache_dir, progress,
-                                         out_of_fold_encode(va_hyps, splits.valid.video_ids, select_set, cache_dir,
-                                                            progress, select_encoder) if select_encoder else None)
+            valid_rows = with_asr_copies(
+                splits.valid,
+                va_hyps,
+                encoder,
+                ident,
+                cache_dir,
+                progress,
+                out_of_fold_encode(va_hyps, splits.valid.video_ids, select_set, cache_dir, progress, select_encoder)
+                if select_encoder
+                else None,
+            )
         both = data_mod.DatasetSplits(splits.train, valid_rows, splits.test, splits.name, splits.kind, splits.info)
         shipped = training.refit_model(LIVE_MODEL, both, result, hparams=hp, augment=augment)
-        refit_info = {"enabled": True, "epochs": shipped.epochs_run, "rows": len(splits.train) + len(valid_rows),
-                      "rule": REFIT_RULE, "selected_run_test": result.test}
+        refit_info = {
+            "enabled": True,
+            "epochs": shipped.epochs_run,
+            "rows": len(splits.train) + len(valid_rows),
+            "rule": REFIT_RULE,
+            "selected_run_test": result.test,
+        }
     model = shipped.model.eval()
     robust = av_robustness(model, splits, pool)
     speed = time_forward(model, dims)
@@ -214,15 +308,19 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "selection": f"early stopping / model selection on std valid by {cfg.select_metric}",
-        "data": {"text": f"CMU-MOSI transcripts ({Path(data_path).name}), std folds "
-                         f"train {len(reference_splits.train)} / valid {len(splits.valid)} / test {len(splits.test)}",
-                 "text_encoder": ident, "audio": pool.info["audio"], "vision": pool.info["vision"],
-                 "av_presence": f"audio present in {AV_BATCH_PROB * (1 - cfg.audio_dropout):.0%}, vision in "
-                                f"{AV_BATCH_PROB * (1 - cfg.vision_dropout):.0%} of training samples "
-                                "(label-independent)",
-                 "av_batch_prob": AV_BATCH_PROB,
-                 "empty_text": f"{EMPTY_TEXT_PROB:.0%} of training samples without text, target 0",
-                 "asr_copies": asr_info},
+        "data": {
+            "text": f"CMU-MOSI transcripts ({Path(data_path).name}), std folds "
+            f"train {len(reference_splits.train)} / valid {len(splits.valid)} / test {len(splits.test)}",
+            "text_encoder": ident,
+            "audio": pool.info["audio"],
+            "vision": pool.info["vision"],
+            "av_presence": f"audio present in {AV_BATCH_PROB * (1 - cfg.audio_dropout):.0%}, vision in "
+            f"{AV_BATCH_PROB * (1 - cfg.vision_dropout):.0%} of training samples "
+            "(label-independent)",
+            "av_batch_prob": AV_BATCH_PROB,
+            "empty_text": f"{EMPTY_TEXT_PROB:.0%} of training samples without text, target 0",
+            "asr_copies": asr_info,
+        },
         "live_inputs": {"max_audio_frames": AUDIO_MAX_FRAMES, "max_video_frames": VISION_MAX_FRAMES},
         "metrics": {"valid": result.valid, "test": shipped.test},
         "refit": refit_info,
@@ -251,7 +349,7 @@ def train_live(data_path: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, card: Op
     return meta
 
 
-def _text_finetune_arg(value: str) -> Optional[Path]:
+def _text_finetune_arg(value: str) -> Path | None:
     if value == "none":
         return None
     if value == "default":
@@ -261,7 +359,7 @@ def _text_finetune_arg(value: str) -> Optional[Path]:
     return Path(value)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``sentistream train-live``: train and write the shipped live checkpoint + model card."""
     p = argparse.ArgumentParser(prog="sentistream train-live", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="mosi_transcripts.csv (or the MOSI npz)")
@@ -277,17 +375,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=None, help="default ~/.cache/sentistream")
     p.add_argument("--n-audio", type=int, default=160, help="espeak-ng clips in the audio pool")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--no-asr-augment", action="store_true",
-                   help="train on the reference transcripts only (no espeak-ng + Whisper copies)")
-    p.add_argument("--text-finetune", default="default", metavar="PATH",
-                   help="the text encoder's fine-tuned layers (`sentistream train-text`); 'default' = "
-                        f"{DEFAULT_TEXT_FINETUNE.name} when it exists, 'none' = the plain encoder")
-    p.add_argument("--no-refit", action="store_true",
-                   help="ship the run selected on valid instead of its retrain on train + valid")
+    p.add_argument(
+        "--no-asr-augment",
+        action="store_true",
+        help="train on the reference transcripts only (no espeak-ng + Whisper copies)",
+    )
+    p.add_argument(
+        "--text-finetune",
+        default="default",
+        metavar="PATH",
+        help="the text encoder's fine-tuned layers (`sentistream train-text`); 'default' = "
+        f"{DEFAULT_TEXT_FINETUNE.name} when it exists, 'none' = the plain encoder",
+    )
+    p.add_argument(
+        "--no-refit", action="store_true", help="ship the run selected on valid instead of its retrain on train + valid"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the checkpoint meta as JSON")
-    p.add_argument("--card-from", type=Path, default=None, metavar="CKPT",
-                   help="only rewrite --card from CKPT's metadata (no training)")
+    p.add_argument(
+        "--card-from",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="only rewrite --card from CKPT's metadata (no training)",
+    )
     a = p.parse_args(argv)
     if a.card_from:
         card_from_checkpoint(a.card_from, Path(a.card or DEFAULT_CARD))
@@ -296,22 +407,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     overrides = json.loads(a.train) if a.train else {}
-    for k, v in (("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size),
-                 ("select_metric", a.select_metric)):
+    for k, v in (("epochs", a.epochs), ("lr", a.lr), ("batch_size", a.batch_size), ("select_metric", a.select_metric)):
         if v is not None:
             overrides[k] = v
     command = "sentistream train-live " + " ".join(
-        shlex.quote(x) for x in (sys.argv[1:] if argv is None else list(argv)))
-    meta = train_live(a.data, a.out, Path(a.card) if a.card else None, a.seed,
-                      json.loads(a.hparams) if a.hparams else None, overrides, a.cache_dir, a.n_audio,
-                      not a.no_progress, command.strip(), a.threads, not a.no_asr_augment,
-                      _text_finetune_arg(a.text_finetune), refit=not a.no_refit)
+        shlex.quote(x) for x in (sys.argv[1:] if argv is None else list(argv))
+    )
+    meta = train_live(
+        a.data,
+        a.out,
+        Path(a.card) if a.card else None,
+        a.seed,
+        json.loads(a.hparams) if a.hparams else None,
+        overrides,
+        a.cache_dir,
+        a.n_audio,
+        not a.no_progress,
+        command.strip(),
+        a.threads,
+        not a.no_asr_augment,
+        _text_finetune_arg(a.text_finetune),
+        refit=not a.no_refit,
+    )
     if a.json:
         print(json.dumps(meta, indent=2, default=str))
     else:
         v, t = meta["metrics"]["valid"], meta["metrics"]["test"]
-        print(f"wrote {a.out} ({meta['checkpoint_bytes'] / 1e6:.2f} MB)"
-              + (f" and {a.card}" if a.card else ""))
+        print(f"wrote {a.out} ({meta['checkpoint_bytes'] / 1e6:.2f} MB)" + (f" and {a.card}" if a.card else ""))
         print(f"valid: acc2_non0 {100 * v['acc2_non0']:.1f} mae {v['mae']:.3f} corr {v['corr']:.3f}")
         print(f"test:  acc2_non0 {100 * t['acc2_non0']:.1f} mae {t['mae']:.3f} corr {t['corr']:.3f}")
     return 0

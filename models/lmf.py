@@ -25,9 +25,18 @@ from .tfn import PooledSubNet, TextSubNet, embed_modalities, occlusion_contribut
 
 @register("lmf")
 class LMF(FusionModel):
-    def __init__(self, dims: ModalityDims, text_hidden: int = 128, text_out: int = 64,
-                 audio_hidden: int = 16, vision_hidden: int = 32, rank: int = 4,
-                 output_dim: int = 1, dropout: float = 0.2, post_fusion_dropout: float = 0.2):
+    def __init__(
+        self,
+        dims: ModalityDims,
+        text_hidden: int = 128,
+        text_out: int = 64,
+        audio_hidden: int = 16,
+        vision_hidden: int = 32,
+        rank: int = 4,
+        output_dim: int = 1,
+        dropout: float = 0.2,
+        post_fusion_dropout: float = 0.2,
+    ):
         super().__init__(dims)
         self.text_net = TextSubNet(dims.text, text_hidden, text_out, dropout)
         self.audio_net = PooledSubNet(dims.audio, audio_hidden, dropout)

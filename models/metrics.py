@@ -20,12 +20,16 @@ MMSA rounds the MOSI/MOSEI numbers to 4 decimals; these functions return full pr
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-ArrayLike = Union[np.ndarray, Sequence[float], "torch.Tensor"]  # noqa: F821
+if TYPE_CHECKING:  # torch is only needed by callers that pass tensors
+    import torch
+
+ArrayLike = Union[np.ndarray, Sequence[float], "torch.Tensor"]
 
 # Inputs keep their float precision (float32 tensors -> float32 arrays, like MMSA's
 # ``.cpu().detach().numpy()``); Python lists become float64.
@@ -57,14 +61,13 @@ def _pearson(pred: np.ndarray, true: np.ndarray) -> float:
         return float(np.corrcoef(pred, true)[0][1])
 
 
-def _finish(d: dict[str, float], ndigits: Optional[int]) -> dict[str, float]:
+def _finish(d: dict[str, float], ndigits: int | None) -> dict[str, float]:
     if ndigits is None:
         return d
     return {k: (round(v, ndigits) if np.isfinite(v) else v) for k, v in d.items()}
 
 
-def regression_metrics_mosi(pred: ArrayLike, true: ArrayLike, ndigits: Optional[int] = None
-                            ) -> dict[str, float]:
+def regression_metrics_mosi(pred: ArrayLike, true: ArrayLike, ndigits: int | None = None) -> dict[str, float]:
     """MMSA ``__eval_mosi_regression`` (same as MOSEI). Keys: :data:`MOSI_KEYS`."""
     p, t = _flat(pred), _flat(true)
     if p.shape != t.shape or p.size == 0:
@@ -89,13 +92,22 @@ def regression_metrics_mosi(pred: ArrayLike, true: ArrayLike, ndigits: Optional[
     acc2_has0 = float(accuracy_score(bin_pred, bin_true))
     f1_has0 = float(f1_score(bin_true, bin_pred, average="weighted"))
 
-    return _finish({"acc2_has0": acc2_has0, "acc2_non0": acc2_non0, "f1_has0": f1_has0,
-                    "f1_non0": f1_non0, "acc7": acc7, "acc5": acc5, "mae": mae, "corr": corr},
-                   ndigits)
+    return _finish(
+        {
+            "acc2_has0": acc2_has0,
+            "acc2_non0": acc2_non0,
+            "f1_has0": f1_has0,
+            "f1_non0": f1_non0,
+            "acc7": acc7,
+            "acc5": acc5,
+            "mae": mae,
+            "corr": corr,
+        },
+        ndigits,
+    )
 
 
-def regression_metrics_mosei(pred: ArrayLike, true: ArrayLike, ndigits: Optional[int] = None
-                             ) -> dict[str, float]:
+def regression_metrics_mosei(pred: ArrayLike, true: ArrayLike, ndigits: int | None = None) -> dict[str, float]:
     """MMSA ``__eval_mosei_regression`` (identical to MOSI)."""
     return regression_metrics_mosi(pred, true, ndigits)
 
@@ -108,8 +120,7 @@ def _bin(x: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return out
 
 
-def regression_metrics_sims(pred: ArrayLike, true: ArrayLike, ndigits: Optional[int] = None
-                            ) -> dict[str, float]:
+def regression_metrics_sims(pred: ArrayLike, true: ArrayLike, ndigits: int | None = None) -> dict[str, float]:
     """MMSA ``__eval_sims_regression``. Keys: :data:`SIMS_KEYS`."""
     p, t = _flat(pred), _flat(true)
     if p.shape != t.shape or p.size == 0:
@@ -122,18 +133,20 @@ def regression_metrics_sims(pred: ArrayLike, true: ArrayLike, ndigits: Optional[
     p2, t2 = _bin(p, ms2), _bin(t, ms2)
     p3, t3 = _bin(p, ms3), _bin(t, ms3)
     p5, t5 = _bin(p, ms5), _bin(t, ms5)
-    return _finish({
-        "acc2": _multiclass_acc(p2, t2),
-        "acc3": _multiclass_acc(p3, t3),
-        "acc5": _multiclass_acc(p5, t5),
-        "f1": float(f1_score(t2, p2, average="weighted")),
-        "mae": float(np.mean(np.absolute(p - t))),
-        "corr": _pearson(p, t),
-    }, ndigits)
+    return _finish(
+        {
+            "acc2": _multiclass_acc(p2, t2),
+            "acc3": _multiclass_acc(p3, t3),
+            "acc5": _multiclass_acc(p5, t5),
+            "f1": float(f1_score(t2, p2, average="weighted")),
+            "mae": float(np.mean(np.absolute(p - t))),
+            "corr": _pearson(p, t),
+        },
+        ndigits,
+    )
 
 
-def regression_metrics(dataset: str, pred: ArrayLike, true: ArrayLike,
-                       ndigits: Optional[int] = None) -> dict[str, float]:
+def regression_metrics(dataset: str, pred: ArrayLike, true: ArrayLike, ndigits: int | None = None) -> dict[str, float]:
     """Dispatch by dataset name like ``MetricsTop.getMetics``: mosi, mosei, sims, simsv2."""
     key = dataset.lower()
     if key in ("mosi", "mosei"):

@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, block_norm_contributions, \
-    masked_mean
+from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, block_norm_contributions, masked_mean
 from .layers import LearnedPositions, MultiHeadAttention, masked_softmax
 from .registry import register
 
@@ -56,19 +55,17 @@ class ModalityEncoder(nn.Module):
 
 @register("mldfa")
 class MLDFA(FusionModel):
-    def __init__(self, dims: ModalityDims, hidden: int = 512, heads: int = 8, dropout: float = 0.1,
-                 max_len: int = 512):
+    def __init__(self, dims: ModalityDims, hidden: int = 512, heads: int = 8, dropout: float = 0.1, max_len: int = 512):
         super().__init__(dims)
         d = hidden
-        self.scale = d ** -0.5
+        self.scale = d**-0.5
         self.encoders = nn.ModuleList([ModalityEncoder(i, d, dropout, max_len) for i in dims])
         # eqs. 15-19
         self.token_attn = MultiHeadAttention(d, heads, d // heads, dropout)
         self.token_gate = nn.Linear(2 * d, d)
         self.token_norm = nn.LayerNorm(d)
         # eqs. 21-23
-        self.self_attn = nn.ModuleList([MultiHeadAttention(d, heads, d // heads, dropout)
-                                        for _ in range(3)])
+        self.self_attn = nn.ModuleList([MultiHeadAttention(d, heads, d // heads, dropout) for _ in range(3)])
         self.sa_norm = nn.ModuleList([nn.LayerNorm(d) for _ in range(3)])
         self.alpha_logit = nn.Parameter(torch.zeros(3))
         # eqs. 24-25
@@ -134,8 +131,12 @@ class MLDFA(FusionModel):
         x = self.out_norm(r2.reshape(r2.shape[0], -1))
         score = self.head(x).squeeze(-1)
         d = r2.shape[-1]
-        parts = [x[:, i * d:(i + 1) * d] for i in range(3)]
+        parts = [x[:, i * d : (i + 1) * d] for i in range(3)]
         contributions = block_norm_contributions(self.head[0].weight, parts, present)
-        aux = {"modality_attention": token_w.mean(dim=1), "fusion_gate": torch.stack(gates, -1),
-               "adjacency": adj, "alpha": alpha}
+        aux = {
+            "modality_attention": token_w.mean(dim=1),
+            "fusion_gate": torch.stack(gates, -1),
+            "adjacency": adj,
+            "alpha": alpha,
+        }
         return FusionOutput(score, contributions, aux)

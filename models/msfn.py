@@ -41,10 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, block_norm_contributions, \
-    masked_mean
-from .layers import LearnedPositions, MaskedBiLSTM, PreNormTransformerLayer, grad_reverse, \
-    masked_softmax
+from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, block_norm_contributions, masked_mean
+from .layers import LearnedPositions, MaskedBiLSTM, PreNormTransformerLayer, grad_reverse, masked_softmax
 from .registry import register
 
 
@@ -64,8 +62,9 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_dim, d)
         self.pos = LearnedPositions(max_len, d)
-        self.layers = nn.ModuleList([PreNormTransformerLayer(d, heads, d // heads, 2 * d, dropout)
-                                     for _ in range(layers)])
+        self.layers = nn.ModuleList(
+            [PreNormTransformerLayer(d, heads, d // heads, 2 * d, dropout) for _ in range(layers)]
+        )
         self.norm = nn.LayerNorm(d)
         self.dense = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, d), nn.GELU())
 
@@ -83,7 +82,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.drop = nn.Dropout(dropout)
-        self.scale = d ** -0.5
+        self.scale = d**-0.5
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         s = torch.matmul(self.q(x), self.k(x).transpose(-1, -2)) * self.scale
@@ -92,29 +91,40 @@ class SelfAttention(nn.Module):
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(d_hidden, d_out))
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
 
 
 @register("msfn")
 class MSFN(FusionModel):
-    def __init__(self, dims: ModalityDims, d: int = 128, text_layers: int = 1, heads: int = 8,
-                 dropout: float = 0.1, alpha: float = 0.2, beta: float = 0.5, gamma: float = 0.2,
-                 margin: float = 0.2, grl_lambda: float = 1.0, max_len: int = 512):
+    def __init__(
+        self,
+        dims: ModalityDims,
+        d: int = 128,
+        text_layers: int = 1,
+        heads: int = 8,
+        dropout: float = 0.1,
+        alpha: float = 0.2,
+        beta: float = 0.5,
+        gamma: float = 0.2,
+        margin: float = 0.2,
+        grl_lambda: float = 1.0,
+        max_len: int = 512,
+    ):
         super().__init__(dims)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.margin, self.grl_lambda = margin, grl_lambda
-        self.encoders = nn.ModuleList([
-            TextEncoder(dims.text, d, text_layers, heads, dropout, max_len),
-            LSTMEncoder(dims.audio, d, dropout),
-            LSTMEncoder(dims.vision, d, dropout),
-        ])
+        self.encoders = nn.ModuleList(
+            [
+                TextEncoder(dims.text, d, text_layers, heads, dropout, max_len),
+                LSTMEncoder(dims.audio, d, dropout),
+                LSTMEncoder(dims.vision, d, dropout),
+            ]
+        )
         self.generators = nn.ModuleList([_mlp(d, d, d) for _ in range(3)])
         self.discriminators = nn.ModuleList([_mlp(d, d // 2, 1) for _ in range(3)])
         self.decoders = nn.ModuleList([_mlp(d, d, in_dim) for in_dim in dims])
         self.attn = nn.ModuleList([SelfAttention(d, dropout) for _ in range(3)])
-        self.fusion = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(dropout),
-                                    nn.Linear(d, 1))
+        self.fusion = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, 1))
 
     def forward(self, inputs: FusionInputs) -> FusionOutput:
         masks = inputs.masks()
@@ -177,8 +187,7 @@ class MSFN(FusionModel):
             total = total + (err * w).sum() / w.sum().clamp_min(1.0)
         return total / 3.0
 
-    def auxiliary_losses(self, inputs: FusionInputs, output: FusionOutput, labels: Tensor
-                         ) -> dict[str, Tensor]:
+    def auxiliary_losses(self, inputs: FusionInputs, output: FusionOutput, labels: Tensor) -> dict[str, Tensor]:
         present = inputs.present()
         shared = output.aux["shared"]
         losses = {

@@ -29,15 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, block_norm_contributions, \
-    last_valid
+from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, block_norm_contributions, last_valid
 from .layers import MultiHeadAttention, sinusoidal_positions
 from .registry import register
 
 
 class MulTLayer(nn.Module):
-    def __init__(self, d: int, heads: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, cross: bool):
+    def __init__(self, d: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float, cross: bool):
         super().__init__()
         self.attn = MultiHeadAttention(d, heads, d // heads, attn_dropout, qkv_bias=True)
         self.attn.out_drop = nn.Identity()
@@ -60,13 +58,23 @@ class MulTLayer(nn.Module):
 class MulTEncoder(nn.Module):
     """MulT TransformerEncoder: scaled input + sinusoidal positions, pre-LN layers, final LN."""
 
-    def __init__(self, d: int, heads: int, layers: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, embed_dropout: float, cross: bool):
+    def __init__(
+        self,
+        d: int,
+        heads: int,
+        layers: int,
+        attn_dropout: float,
+        relu_dropout: float,
+        res_dropout: float,
+        embed_dropout: float,
+        cross: bool,
+    ):
         super().__init__()
         self.scale = math.sqrt(d)
         self.drop = nn.Dropout(embed_dropout)
-        self.layers = nn.ModuleList([MulTLayer(d, heads, attn_dropout, relu_dropout, res_dropout, cross)
-                                     for _ in range(layers)])
+        self.layers = nn.ModuleList(
+            [MulTLayer(d, heads, attn_dropout, relu_dropout, res_dropout, cross) for _ in range(layers)]
+        )
         self.norm = nn.LayerNorm(d)
         self.cross = cross
 
@@ -74,8 +82,7 @@ class MulTEncoder(nn.Module):
         pos = sinusoidal_positions(x.shape[1], x.shape[2], device=x.device, dtype=x.dtype)
         return self.drop(self.scale * x + pos.unsqueeze(0))
 
-    def forward(self, x: Tensor, x_mask: Tensor, ctx: Tensor = None, ctx_mask: Tensor = None
-                ) -> Tensor:
+    def forward(self, x: Tensor, x_mask: Tensor, ctx: Tensor = None, ctx_mask: Tensor = None) -> Tensor:
         x = self._embed(x)
         if self.cross:
             c, km = self._embed(ctx), ctx_mask
@@ -88,27 +95,48 @@ class MulTEncoder(nn.Module):
 
 @register("mult")
 class MulT(FusionModel):
-    def __init__(self, dims: ModalityDims, d: int = 30, heads: int = 5, layers: int = 5,
-                 mem_layers: int = 3, kernel_t: int = 1, kernel_a: int = 1, kernel_v: int = 1,
-                 attn_dropout_t: float = 0.1, attn_dropout_a: float = 0.0,
-                 attn_dropout_v: float = 0.0, relu_dropout: float = 0.1, res_dropout: float = 0.1,
-                 embed_dropout: float = 0.25, out_dropout: float = 0.0):
+    def __init__(
+        self,
+        dims: ModalityDims,
+        d: int = 30,
+        heads: int = 5,
+        layers: int = 5,
+        mem_layers: int = 3,
+        kernel_t: int = 1,
+        kernel_a: int = 1,
+        kernel_v: int = 1,
+        attn_dropout_t: float = 0.1,
+        attn_dropout_a: float = 0.0,
+        attn_dropout_v: float = 0.0,
+        relu_dropout: float = 0.1,
+        res_dropout: float = 0.1,
+        embed_dropout: float = 0.25,
+        out_dropout: float = 0.0,
+    ):
         super().__init__(dims)
         self.embed_dropout = nn.Dropout(embed_dropout)
-        self.convs = nn.ModuleList([
-            nn.Conv1d(dims.text, d, kernel_t, padding=(kernel_t - 1) // 2, bias=False),
-            nn.Conv1d(dims.audio, d, kernel_a, padding=(kernel_a - 1) // 2, bias=False),
-            nn.Conv1d(dims.vision, d, kernel_v, padding=(kernel_v - 1) // 2, bias=False),
-        ])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv1d(dims.text, d, kernel_t, padding=(kernel_t - 1) // 2, bias=False),
+                nn.Conv1d(dims.audio, d, kernel_a, padding=(kernel_a - 1) // 2, bias=False),
+                nn.Conv1d(dims.vision, d, kernel_v, padding=(kernel_v - 1) // 2, bias=False),
+            ]
+        )
         attn_drop = (attn_dropout_t, attn_dropout_a, attn_dropout_v)
         common = dict(relu_dropout=relu_dropout, res_dropout=res_dropout, embed_dropout=embed_dropout)
         # cross[target][k]: target <- the k-th other modality (in text/audio/vision order)
         self.others = ((1, 2), (0, 2), (0, 1))
-        self.cross = nn.ModuleList([
-            nn.ModuleList([MulTEncoder(d, heads, layers, attn_drop[s], cross=True, **common)
-                           for s in self.others[t]]) for t in range(3)])
-        self.mem = nn.ModuleList([MulTEncoder(2 * d, heads, max(mem_layers, 1), attn_drop[t],
-                                              cross=False, **common) for t in range(3)])
+        self.cross = nn.ModuleList(
+            [
+                nn.ModuleList(
+                    [MulTEncoder(d, heads, layers, attn_drop[s], cross=True, **common) for s in self.others[t]]
+                )
+                for t in range(3)
+            ]
+        )
+        self.mem = nn.ModuleList(
+            [MulTEncoder(2 * d, heads, max(mem_layers, 1), attn_drop[t], cross=False, **common) for t in range(3)]
+        )
         self.proj1 = nn.Linear(6 * d, 6 * d)
         self.proj2 = nn.Linear(6 * d, 6 * d)
         self.out_drop = nn.Dropout(out_dropout)
@@ -125,8 +153,7 @@ class MulT(FusionModel):
         proj = [self._project(c, x, m) for c, x, m in zip(self.convs, xs, masks)]
         lasts = []
         for t in range(3):
-            hs = [enc(proj[t], masks[t], proj[s], masks[s])
-                  for enc, s in zip(self.cross[t], self.others[t])]
+            hs = [enc(proj[t], masks[t], proj[s], masks[s]) for enc, s in zip(self.cross[t], self.others[t])]
             h = self.mem[t](torch.cat(hs, dim=-1), masks[t])
             lasts.append(last_valid(h, masks[t]))
         x = torch.cat(lasts, dim=-1)

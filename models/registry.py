@@ -17,8 +17,9 @@ import importlib
 import inspect
 import json
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
@@ -78,8 +79,11 @@ def get_class(name: str) -> type[FusionModel]:
 def default_hparams(name: str) -> dict[str, Any]:
     """The constructor's keyword defaults (what ``build`` uses for keys not given)."""
     sig = inspect.signature(get_class(name).__init__)
-    return {k: p.default for k, p in sig.parameters.items()
-            if k not in ("self", "dims") and p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default
+        for k, p in sig.parameters.items()
+        if k not in ("self", "dims") and p.default is not inspect.Parameter.empty
+    }
 
 
 def build(name: str, dims: ModalityDims, **hparams: Any) -> FusionModel:
@@ -93,8 +97,10 @@ def build(name: str, dims: ModalityDims, **hparams: Any) -> FusionModel:
     defaults = default_hparams(name)
     unknown = sorted(set(hparams) - set(defaults))
     if unknown:
-        raise TypeError(f"{cls.name}: unknown hyper-parameter(s) {', '.join(map(repr, unknown))}; "
-                        f"accepted: {', '.join(sorted(defaults))}")
+        raise TypeError(
+            f"{cls.name}: unknown hyper-parameter(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(sorted(defaults))}"
+        )
     if not isinstance(dims, ModalityDims):
         dims = ModalityDims(**dict(dims))
     effective = {**defaults, **hparams}
@@ -137,14 +143,13 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-def save_checkpoint(model: FusionModel, path: Union[str, Path], meta: Optional[dict] = None) -> Path:
+def save_checkpoint(model: FusionModel, path: str | Path, meta: dict | None = None) -> Path:
     """Write ``model``'s weights and identity to a safetensors file (shared tensors de-duplicated)."""
     if not model.name or model.name not in _REGISTRY:
         raise ValueError(f"model class {type(model).__qualname__} is not registered")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    hparams = model.hparams or {k: getattr(model, k) for k in default_hparams(model.name)
-                                if hasattr(model, k)}
+    hparams = model.hparams or {k: getattr(model, k) for k in default_hparams(model.name) if hasattr(model, k)}
     metadata = {
         "format": CHECKPOINT_FORMAT,
         "model": model.name,
@@ -156,7 +161,7 @@ def save_checkpoint(model: FusionModel, path: Union[str, Path], meta: Optional[d
     return path
 
 
-def read_checkpoint_metadata(path: Union[str, Path]) -> dict[str, Any]:
+def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     """Parsed metadata: ``{"model": str, "dims": ModalityDims, "hparams": dict, "meta": dict}``."""
     with safe_open(str(path), framework="pt") as fh:
         md = fh.metadata() or {}
@@ -170,7 +175,7 @@ def read_checkpoint_metadata(path: Union[str, Path]) -> dict[str, Any]:
     }
 
 
-def load_checkpoint(path: Union[str, Path], device: Union[str, Any] = "cpu") -> FusionModel:
+def load_checkpoint(path: str | Path, device: str | Any = "cpu") -> FusionModel:
     """Rebuild the model recorded in ``path`` and load its weights (strict).
 
     Returned in eval mode; ``model.checkpoint_meta`` holds the ``meta`` dict given at save time.

@@ -20,16 +20,19 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 log = logging.getLogger("sentistream.text_finetune")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "live_text_encoder.safetensors"
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi" / "mosi_transcripts.csv"  # as train-live
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi" / "mosi_transcripts.csv"
+)  # as train-live
 
 
 @dataclass
@@ -48,12 +51,15 @@ class TextFinetuneConfig:
 class LabelledTexts:
     texts: list[str]
     labels: np.ndarray  # float32, MOSI scale [-3, 3]
-    groups: Optional[list[str]] = None  # video ids: cross-fitting folds never split a video
+    groups: list[str] | None = None  # video ids: cross-fitting folds never split a video
 
-    def subset(self, keep: np.ndarray) -> "LabelledTexts":
+    def subset(self, keep: np.ndarray) -> LabelledTexts:
         idx = np.flatnonzero(keep)
-        return LabelledTexts([self.texts[i] for i in idx], self.labels[idx],
-                             None if self.groups is None else [self.groups[i] for i in idx])
+        return LabelledTexts(
+            [self.texts[i] for i in idx],
+            self.labels[idx],
+            None if self.groups is None else [self.groups[i] for i in idx],
+        )
 
 
 @dataclass
@@ -76,19 +82,24 @@ def _trainable_prefixes(enc, train_layers: int) -> list[str]:
     return [f"encoder.layer.{i}." for i in range(n - train_layers, n)]
 
 
-def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, LabelledTexts],
-                          test: Optional[dict[str, LabelledTexts]] = None,
-                          config: Optional[TextFinetuneConfig] = None, model_dir: str = "",
-                          progress: bool = False, stop_after: int = 0) -> TextFinetuneResult:
+def finetune_text_encoder(
+    train: Sequence[LabelledTexts],
+    valid: dict[str, LabelledTexts],
+    test: dict[str, LabelledTexts] | None = None,
+    config: TextFinetuneConfig | None = None,
+    model_dir: str = "",
+    progress: bool = False,
+    stop_after: int = 0,
+) -> TextFinetuneResult:
     """Fine-tune on the concatenation of ``train``; select the epoch on ``valid`` (mean MAE over
     its sets); score ``test`` once at the end. ``valid`` empty (a refit): no selection, the weights
     after ``stop_after`` epochs (default all) of the configured ``epochs``' LR schedule are kept."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from ..perception.text import default_model_dir
     from .metrics import regression_metrics
     from .training import seed_everything, warmup_cosine
-    from ..perception.text import default_model_dir
 
     cfg = config or TextFinetuneConfig()
     if cfg.threads:
@@ -117,12 +128,13 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
         enc.eval()
         head.eval()
         with torch.inference_mode():
-            out = [forward([str(t) for t in items[i:i + 64]]).numpy() for i in range(0, len(items), 64)]
+            out = [forward([str(t) for t in items[i : i + 64]]).numpy() for i in range(0, len(items), 64)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def score(sets: dict[str, LabelledTexts]) -> dict[str, dict[str, float]]:
-        return {k: regression_metrics("mosi", predict(v.texts), np.asarray(v.labels, np.float32))
-                for k, v in sets.items()}
+        return {
+            k: regression_metrics("mosi", predict(v.texts), np.asarray(v.labels, np.float32)) for k, v in sets.items()
+        }
 
     trainable = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
     no_decay = ("bias", "LayerNorm.weight")
@@ -137,7 +149,7 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, steps, max(1, steps // 10)))
     params = [p for _, p in trainable] + list(head.parameters())
     rng = np.random.default_rng(cfg.seed)
-    best: Optional[tuple[float, dict, dict, int]] = None
+    best: tuple[float, dict, dict, int] | None = None
     history: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     last = min(cfg.epochs, stop_after) if stop_after > 0 else cfg.epochs
@@ -147,7 +159,7 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
         order = rng.permutation(n)
         total = 0.0
         for b in range(0, n, cfg.batch_size):
-            idx = order[b:b + cfg.batch_size]
+            idx = order[b : b + cfg.batch_size]
             loss = torch.nn.functional.l1_loss(forward([texts[i] for i in idx]), labels[idx])
             opt.zero_grad()
             loss.backward()
@@ -157,21 +169,31 @@ def finetune_text_encoder(train: Sequence[LabelledTexts], valid: dict[str, Label
             total += loss.item() * len(idx)
         vm = score(valid)
         sel = float(np.mean([m["mae"] for m in vm.values()])) if vm else float("nan")
-        history.append({"epoch": ep, "train_loss": round(total / n, 4),
-                        **({"select_mae": round(sel, 4)} if vm else {}),
-                        **{f"valid_{k}_mae": round(m["mae"], 4) for k, m in vm.items()},
-                        **{f"valid_{k}_acc2_non0": round(m["acc2_non0"], 4) for k, m in vm.items()},
-                        "seconds": round(time.perf_counter() - t0, 1)})
+        history.append(
+            {
+                "epoch": ep,
+                "train_loss": round(total / n, 4),
+                **({"select_mae": round(sel, 4)} if vm else {}),
+                **{f"valid_{k}_mae": round(m["mae"], 4) for k, m in vm.items()},
+                **{f"valid_{k}_acc2_non0": round(m["acc2_non0"], 4) for k, m in vm.items()},
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         if progress:
             log.info("text fine-tune epoch %d: %s", ep, history[-1])
         if best is None or not vm or sel < best[0]:  # no valid sets: the latest epoch
-            best = (sel, {k: v.detach().clone() for k, v in enc.state_dict().items()},
-                    {k: v.detach().clone() for k, v in head.state_dict().items()}, ep)
+            best = (
+                sel,
+                {k: v.detach().clone() for k, v in enc.state_dict().items()},
+                {k: v.detach().clone() for k, v in head.state_dict().items()},
+                ep,
+            )
     assert best is not None
     enc.load_state_dict(best[1])
     head.load_state_dict(best[2])
-    return TextFinetuneResult(enc, tok, head, prefixes, best[3], score(valid), score(test or {}), history,
-                              round(time.perf_counter() - t0, 1))
+    return TextFinetuneResult(
+        enc, tok, head, prefixes, best[3], score(valid), score(test or {}), history, round(time.perf_counter() - t0, 1)
+    )
 
 
 def std_fold(csv: Path, split: str) -> LabelledTexts:
@@ -180,8 +202,11 @@ def std_fold(csv: Path, split: str) -> LabelledTexts:
 
     cols = data_mod.read_mosi_transcripts(Path(csv))
     rows = [r for r in np.where(cols["std_split"] == split)[0] if str(cols["text"][r]).strip()]
-    return LabelledTexts([str(cols["text"][r]) for r in rows], np.asarray(cols["label"][rows], np.float32),
-                         [str(cols["video_id"][r]) for r in rows])
+    return LabelledTexts(
+        [str(cols["text"][r]) for r in rows],
+        np.asarray(cols["label"][rows], np.float32),
+        [str(cols["video_id"][r]) for r in rows],
+    )
 
 
 def crossfit_folds(groups: Sequence[str], folds: int, seed: int = 0) -> dict[str, int]:
@@ -191,7 +216,7 @@ def crossfit_folds(groups: Sequence[str], folds: int, seed: int = 0) -> dict[str
     return {videos[j]: int(i % folds) for i, j in enumerate(order)}
 
 
-def crossfit_dir(cache_dir: Optional[Path], key: str) -> Path:
+def crossfit_dir(cache_dir: Path | None, key: str) -> Path:
     """Where the cross-fit fold encoders live. They are outputs train-live needs, not a cache that
     may be skipped, so ``"none"`` (no caching, as :func:`~sentistream.models.data.encode_texts`
     reads it) means the default cache folder here rather than a folder named ``none``."""
@@ -201,9 +226,18 @@ def crossfit_dir(cache_dir: Optional[Path], key: str) -> Path:
     return (data_mod.default_cache_dir() if use_default else Path(cache_dir).expanduser()) / "text_finetune" / key
 
 
-def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optional[TextFinetuneConfig] = None,
-               asr_augment: bool = True, cache_dir: Optional[Path] = None, command: str = "",
-               progress: bool = True, limit: int = 0, crossfit: int = 2, refit: bool = True) -> dict[str, Any]:
+def train_text(
+    data: Path = DEFAULT_DATA,
+    out: Path = DEFAULT_OUT,
+    config: TextFinetuneConfig | None = None,
+    asr_augment: bool = True,
+    cache_dir: Path | None = None,
+    command: str = "",
+    progress: bool = True,
+    limit: int = 0,
+    crossfit: int = 2,
+    refit: bool = True,
+) -> dict[str, Any]:
     """``sentistream train-text``: fine-tune the top layers on std-train (+ its ASR copies), select
     on std-valid (reference + ASR transcripts), write the trained layers to ``out``.
 
@@ -219,9 +253,9 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
     the fusion model then over-trusts them and stops after a few epochs.)"""
     import hashlib
 
+    from ..perception.text import save_finetune
     from ..provenance import stamp
     from .augmentation import asr_transcripts
-    from ..perception.text import save_finetune
 
     cfg = config or TextFinetuneConfig()
     tr, va, te = (std_fold(data, s) for s in ("train", "valid", "test"))
@@ -237,8 +271,9 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
         valid_sets["asr"] = LabelledTexts(va_h, va.labels)
         asr = {**info, "enabled": True, "train_seed": 0, "valid_seed": 1}
     res = finetune_text_encoder(train_sets, valid_sets, {"ref": te}, cfg, progress=progress)
-    key = hashlib.sha1(json.dumps([vars(cfg), asr_augment, crossfit, tr.texts,
-                                   [str(t) for t in train_sets[-1].texts]]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        json.dumps([vars(cfg), asr_augment, crossfit, tr.texts, [str(t) for t in train_sets[-1].texts]]).encode()
+    ).hexdigest()[:12]
     fdir = crossfit_dir(cache_dir, key)
     folds_meta: dict[str, Any] = {"folds": 0}
     if crossfit > 1:
@@ -252,10 +287,22 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
             r = finetune_text_encoder(parts, valid_sets, None, cfg, progress=progress)
             path = fdir / f"fold{k}.safetensors"
             sha_k = save_finetune(r.encoder, r.trained_prefixes, path, {"fold": k, "folds": crossfit, "key": key})
-            files.append({"file": f"{key}/{path.name}", "sha256": sha_k, "best_epoch": r.best_epoch,
-                          "train_rows": int(keep.sum()), "valid": r.valid})
-        folds_meta = {"folds": crossfit, "key": key, "video_fold": fold_of, "files": files,
-                      "where": "<cache>/text_finetune/ (not shipped: only train-live reads them)"}
+            files.append(
+                {
+                    "file": f"{key}/{path.name}",
+                    "sha256": sha_k,
+                    "best_epoch": r.best_epoch,
+                    "train_rows": int(keep.sum()),
+                    "valid": r.valid,
+                }
+            )
+        folds_meta = {
+            "folds": crossfit,
+            "key": key,
+            "video_fold": fold_of,
+            "files": files,
+            "where": "<cache>/text_finetune/ (not shipped: only train-live reads them)",
+        }
     shipped, refit_meta = res, {"enabled": False}
     if refit:
         select_path = fdir / "select.safetensors"
@@ -265,21 +312,36 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
         if progress:
             log.info("refit on train + valid: %d texts, %d epochs", both_rows, res.best_epoch)
         shipped = finetune_text_encoder(both, {}, {"ref": te}, cfg, progress=progress, stop_after=res.best_epoch)
-        refit_meta = {"enabled": True, "epochs": res.best_epoch, "rows": both_rows,
-                      "rule": ("epoch count chosen on std-valid by the train-only run; the shipped layers are "
-                               "that recipe retrained on train + valid (+ ASR copies) for that many epochs "
-                               "of the same LR schedule; valid figures are the selected run's"),
-                      "selected_run_test": res.test, "seconds": shipped.seconds,
-                      "select_encoder": {"file": f"{key}/{select_path.name}", "sha256": select_sha}}
+        refit_meta = {
+            "enabled": True,
+            "epochs": res.best_epoch,
+            "rows": both_rows,
+            "rule": (
+                "epoch count chosen on std-valid by the train-only run; the shipped layers are "
+                "that recipe retrained on train + valid (+ ASR copies) for that many epochs "
+                "of the same LR schedule; valid figures are the selected run's"
+            ),
+            "selected_run_test": res.test,
+            "seconds": shipped.seconds,
+            "select_encoder": {"file": f"{key}/{select_path.name}", "sha256": select_sha},
+        }
     meta = {
-        "config": vars(cfg), "trained": res.trained_prefixes, "best_epoch": res.best_epoch,
-        "history": res.history, "valid": res.valid, "test": shipped.test, "asr_copies": asr,
-        "crossfit": folds_meta, "refit": refit_meta,
+        "config": vars(cfg),
+        "trained": res.trained_prefixes,
+        "best_epoch": res.best_epoch,
+        "history": res.history,
+        "valid": res.valid,
+        "test": shipped.test,
+        "asr_copies": asr,
+        "crossfit": folds_meta,
+        "refit": refit_meta,
         "data": f"{Path(data).name}: std folds train {len(tr.texts)} / valid {len(va.texts)} / test {len(te.texts)}",
         "selection": "epoch with the lowest mean std-valid MAE over the sets " + ", ".join(valid_sets),
         "head": "mean pool -> dropout 0.1 -> linear (training only; not saved: the live model reads the tokens)",
-        "command": command, "machine": {k: v for k, v in stamp("cpu", command, False).items()
-                                                 if k in ("cpu", "cpu_count", "platform", "git")},
+        "command": command,
+        "machine": {
+            k: v for k, v in stamp("cpu", command, False).items() if k in ("cpu", "cpu_count", "platform", "git")
+        },
         "seconds": round(res.seconds + (shipped.seconds if refit else 0.0), 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -288,9 +350,10 @@ def train_text(data: Path = DEFAULT_DATA, out: Path = DEFAULT_OUT, config: Optio
     return meta
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="sentistream train-text",
-                                description="fine-tune the text encoder's top layers for the live model")
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="sentistream train-text", description="fine-tune the text encoder's top layers for the live model"
+    )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="mosi_transcripts.csv")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     d = TextFinetuneConfig()
@@ -301,10 +364,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N texts of each fold (a smoke run)")
     p.add_argument("--no-asr-augment", action="store_true", help="reference transcripts only")
-    p.add_argument("--crossfit", type=int, default=2,
-                   help="fold encoders for train-live's out-of-fold train embeddings (0 = none)")
-    p.add_argument("--no-refit", action="store_true",
-                   help="ship the train-only encoder chosen on valid (default: it retrained on train + valid)")
+    p.add_argument(
+        "--crossfit", type=int, default=2, help="fold encoders for train-live's out-of-fold train embeddings (0 = none)"
+    )
+    p.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="ship the train-only encoder chosen on valid (default: it retrained on train + valid)",
+    )
     p.add_argument("--cache-dir", type=Path, default=None)
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -314,15 +381,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = TextFinetuneConfig(train_layers=a.layers, epochs=a.epochs, lr=a.lr, seed=a.seed, threads=a.threads)
     command = "sentistream train-text " + " ".join(shlex.quote(x) for x in (sys.argv[2:] if argv is None else argv))
     data = Path(a.data)
-    meta = train_text(data, a.out, cfg, not a.no_asr_augment, a.cache_dir, command.strip(), limit=a.limit,
-                      crossfit=a.crossfit, refit=not a.no_refit)
+    meta = train_text(
+        data,
+        a.out,
+        cfg,
+        not a.no_asr_augment,
+        a.cache_dir,
+        command.strip(),
+        limit=a.limit,
+        crossfit=a.crossfit,
+        refit=not a.no_refit,
+    )
     v = meta["valid"]
-    print(f"wrote {a.out} ({meta['bytes'] / 1e6:.1f} MB, sha256 {meta['sha256'][:12]}), best epoch {meta['best_epoch']}")
+    print(
+        f"wrote {a.out} ({meta['bytes'] / 1e6:.1f} MB, sha256 {meta['sha256'][:12]}), best epoch {meta['best_epoch']}"
+    )
     for k, m in v.items():
         print(f"valid {k}: acc2_non0 {100 * m['acc2_non0']:.1f} mae {m['mae']:.3f}")
     print(f"test ref: acc2_non0 {100 * meta['test']['ref']['acc2_non0']:.1f} mae {meta['test']['ref']['mae']:.3f}")
     if meta["refit"]["enabled"]:
         sel = meta["refit"]["selected_run_test"]["ref"]
-        print(f"(shipped: retrained on train + valid; the selected train-only run: test ref acc2_non0 "
-              f"{100 * sel['acc2_non0']:.1f} mae {sel['mae']:.3f})")
+        print(
+            f"(shipped: retrained on train + valid; the selected train-only run: test ref acc2_non0 "
+            f"{100 * sel['acc2_non0']:.1f} mae {sel['mae']:.3f})"
+        )
     return 0

@@ -25,8 +25,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import FusionInputs, FusionModel, FusionOutput, ModalityDims, last_valid, masked_mean, \
-    normalise_contributions
+from .base import (
+    FusionInputs,
+    FusionModel,
+    FusionOutput,
+    ModalityDims,
+    last_valid,
+    masked_mean,
+    normalise_contributions,
+)
 from .registry import register
 
 
@@ -50,20 +57,30 @@ class PooledSubNet(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Dropout(dropout),
-                                 nn.Linear(in_dim, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim),
+            nn.Dropout(dropout),
+            nn.Linear(in_dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+        )
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         present = mask.any(dim=1).to(x.dtype).unsqueeze(-1)
         return self.net(masked_mean(x, mask)) * present
 
 
-def embed_modalities(text_net: nn.Module, audio_net: nn.Module, vision_net: nn.Module,
-                     inputs: FusionInputs) -> tuple[Tensor, Tensor, Tensor]:
-    return (text_net(inputs.text, inputs.text_mask), audio_net(inputs.audio, inputs.audio_mask),
-            vision_net(inputs.vision, inputs.vision_mask))
+def embed_modalities(
+    text_net: nn.Module, audio_net: nn.Module, vision_net: nn.Module, inputs: FusionInputs
+) -> tuple[Tensor, Tensor, Tensor]:
+    return (
+        text_net(inputs.text, inputs.text_mask),
+        audio_net(inputs.audio, inputs.audio_mask),
+        vision_net(inputs.vision, inputs.vision_mask),
+    )
 
 
 def occlusion_contributions(fuse, z_t: Tensor, z_a: Tensor, z_v: Tensor, present: Tensor) -> Tensor:
@@ -80,9 +97,17 @@ def occlusion_contributions(fuse, z_t: Tensor, z_a: Tensor, z_v: Tensor, present
 
 @register("tfn")
 class TFN(FusionModel):
-    def __init__(self, dims: ModalityDims, text_hidden: int = 128, text_out: int = 64,
-                 audio_hidden: int = 16, vision_hidden: int = 32, post_fusion_dim: int = 128,
-                 dropout: float = 0.2, post_fusion_dropout: float = 0.2):
+    def __init__(
+        self,
+        dims: ModalityDims,
+        text_hidden: int = 128,
+        text_out: int = 64,
+        audio_hidden: int = 16,
+        vision_hidden: int = 32,
+        post_fusion_dim: int = 128,
+        dropout: float = 0.2,
+        post_fusion_dropout: float = 0.2,
+    ):
         super().__init__(dims)
         self.text_net = TextSubNet(dims.text, text_hidden, text_out, dropout)
         self.audio_net = PooledSubNet(dims.audio, audio_hidden, dropout)
@@ -90,9 +115,12 @@ class TFN(FusionModel):
         fusion_dim = (text_out + 1) * (audio_hidden + 1) * (vision_hidden + 1)
         self.post_fusion = nn.Sequential(
             nn.Dropout(post_fusion_dropout),
-            nn.Linear(fusion_dim, post_fusion_dim), nn.ReLU(),
-            nn.Linear(post_fusion_dim, post_fusion_dim), nn.ReLU(),
-            nn.Linear(post_fusion_dim, 1))
+            nn.Linear(fusion_dim, post_fusion_dim),
+            nn.ReLU(),
+            nn.Linear(post_fusion_dim, post_fusion_dim),
+            nn.ReLU(),
+            nn.Linear(post_fusion_dim, 1),
+        )
 
     def fuse(self, z_t: Tensor, z_a: Tensor, z_v: Tensor) -> Tensor:
         one = torch.ones(z_t.shape[0], 1, dtype=z_t.dtype, device=z_t.device)

@@ -37,14 +37,20 @@ def cmd_train(args) -> int:
         return 2
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     result = train_seeds(args.model, data, cfg, seeds=seeds, hparams=hparams or None)
-    summary = {"model": args.model, "data": str(args.data), "seeds": seeds,
-               "valid": result.valid, "test": result.test}
+    summary = {"model": args.model, "data": str(args.data), "seeds": seeds, "valid": result.valid, "test": result.test}
     if args.out:
         best = best_of_seeds(result.results, cfg.select_metric)
-        registry.save_checkpoint(best.model, args.out, meta={
-            "data": str(args.data), "seed": best.seed, "valid": best.valid, "test": best.test,
-            "normalisation": getattr(data, "normalisation", None) or {},
-        })
+        registry.save_checkpoint(
+            best.model,
+            args.out,
+            meta={
+                "data": str(args.data),
+                "seed": best.seed,
+                "valid": best.valid,
+                "test": best.test,
+                "normalisation": getattr(data, "normalisation", None) or {},
+            },
+        )
         summary["checkpoint"] = str(args.out)
     print(json.dumps(summary, indent=2))
     return 0
@@ -67,7 +73,9 @@ def run_passthrough(command: str, argv: list[str]) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a zoo model (MMSA pickle, MOSI npz, MOSI transcripts, extract output)")
+    p = subparsers.add_parser(
+        "train", help="train a zoo model (MMSA pickle, MOSI npz, MOSI transcripts, extract output)"
+    )
     p.add_argument("--model", required=True, help="registry name: almt, kuda, msfn, mldfa, tfn, lmf, mult")
     p.add_argument("--data", required=True, help="an MMSA/extract .pkl, the MOSI .npz or mosi_transcripts.csv")
     p.add_argument("--config", default=None, help="TOML: hyper-parameters at top level, a [train] table")
@@ -75,11 +83,15 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--out", default="", help="save the seed best on validation as .safetensors")
     p.set_defaults(func=cmd_train)
-    live = subparsers.add_parser("train-live", help="train the shipped live model (see models/MODEL_CARD.md)",
-                                 add_help=False)
+    live = subparsers.add_parser(
+        "train-live", help="train the shipped live model (see models/MODEL_CARD.md)", add_help=False
+    )
     live.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/live_training.py (--help for them)")
     live.set_defaults(func=lambda args: run_passthrough("train-live", args.rest))
-    text = subparsers.add_parser("train-text", add_help=False,
-                                 help="fine-tune the text encoder's top layers for the live model (then train-live)")
+    text = subparsers.add_parser(
+        "train-text",
+        add_help=False,
+        help="fine-tune the text encoder's top layers for the live model (then train-live)",
+    )
     text.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/text_finetune.py (--help for them)")
     text.set_defaults(func=lambda args: run_passthrough("train-text", args.rest))

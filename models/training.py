@@ -43,8 +43,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,8 +58,7 @@ from .metrics import regression_metrics
 
 log = logging.getLogger("sentistream.training")
 
-HIGHER_IS_BETTER = {"acc2_non0", "acc2_has0", "f1_non0", "f1_has0", "acc7", "acc5", "corr",
-                    "acc2", "acc3", "f1"}
+HIGHER_IS_BETTER = {"acc2_non0", "acc2_has0", "f1_non0", "f1_has0", "acc7", "acc5", "corr", "acc2", "acc3", "f1"}
 LOWER_IS_BETTER = {"mae", "loss"}
 
 #: ``augment(inputs, labels, generator)`` -> inputs, or (inputs, labels) to change the targets too.
@@ -82,15 +82,15 @@ class TrainConfig:
     select_metric: str = "mae"  # validation criterion for early stopping / model selection
     patience: int = 8  # epochs without validation improvement before stopping; 0 = never stop
     stage1_epochs: int = 0  # two-stage models only (KuDA)
-    stage1_lr: Optional[float] = None  # default: lr
+    stage1_lr: float | None = None  # default: lr
     text_dropout: float = 0.0  # per-sample probability of masking the modality during training
     audio_dropout: float = 0.0
     vision_dropout: float = 0.0
-    max_len: Optional[int] = None  # truncate longer sequences (first max_len steps)
+    max_len: int | None = None  # truncate longer sequences (first max_len steps)
     eval_batch_size: int = 256
     seed: int = 0
     device: str = "cpu"
-    num_threads: Optional[int] = None  # torch.set_num_threads for the run; None = leave as is
+    num_threads: int | None = None  # torch.set_num_threads for the run; None = leave as is
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,20 +99,20 @@ class TrainConfig:
         return {f.name for f in dataclasses.fields(cls)} - {"extra"}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {k: v for k, v in d.items() if k in cls.field_names()}
         extra = {k: v for k, v in d.items() if k not in cls.field_names() and k != "extra"}
         extra.update(d.get("extra") or {})
         return cls(**known, extra=extra)
 
     @classmethod
-    def for_model(cls, name: str, **overrides: Any) -> "TrainConfig":
+    def for_model(cls, name: str, **overrides: Any) -> TrainConfig:
         """The model's ``[train]`` table with ``overrides`` (``None`` values are ignored)."""
         table = registry.load_train_config(name)
         table.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(table)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -123,8 +123,7 @@ class TrainConfig:
         return sorted(self.extra)
 
 
-def load_run_config(name: str, path: Optional[str] = None, **overrides: Any
-                    ) -> tuple[dict[str, Any], TrainConfig]:
+def load_run_config(name: str, path: str | None = None, **overrides: Any) -> tuple[dict[str, Any], TrainConfig]:
     """(constructor hparams, TrainConfig) for ``name``: its ``configs/models/<name>.toml``, then the
     user's TOML ``path`` on top (top-level keys = hyper-parameters, ``[train]`` = training keys),
     then ``overrides`` (training keys; ``None`` values ignored). For ``sentistream train --config``."""
@@ -154,8 +153,14 @@ class TrainResult:
     seconds: float
 
     def summary(self) -> dict[str, Any]:
-        return {"seed": self.seed, "best_epoch": self.best_epoch, "epochs_run": self.epochs_run,
-                "seconds": round(self.seconds, 1), "valid": self.valid, "test": self.test}
+        return {
+            "seed": self.seed,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "seconds": round(self.seconds, 1),
+            "valid": self.valid,
+            "test": self.test,
+        }
 
 
 @dataclass
@@ -184,14 +189,18 @@ class SeedsResult:
         return [r.seed for r in self.results]
 
     def summary(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "valid": self.valid, "test": self.test,
-                "per_seed": [r.summary() for r in self.results]}
+        return {
+            "seeds": self.seeds,
+            "valid": self.valid,
+            "test": self.test,
+            "per_seed": [r.summary() for r in self.results],
+        }
 
 
 # --------------------------------------------------------------------------- helpers
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -199,7 +208,7 @@ def metrics_name(data: DatasetSplits) -> str:
     return "sims" if data.kind == "sims" else "mosi"
 
 
-def _is_better(metric: str, new: float, best: Optional[float]) -> bool:
+def _is_better(metric: str, new: float, best: float | None) -> bool:
     if best is None:
         return bool(np.isfinite(new))
     if not np.isfinite(new):
@@ -226,12 +235,12 @@ def best_of_seeds(results: Sequence[TrainResult], metric: str) -> TrainResult:
 
 def _check_metric(metric: str) -> None:
     if metric not in HIGHER_IS_BETTER | LOWER_IS_BETTER:
-        raise ValueError(f"unknown select_metric {metric!r}; one of "
-                         f"{', '.join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))}")
+        raise ValueError(
+            f"unknown select_metric {metric!r}; one of {', '.join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))}"
+        )
 
 
-def modality_dropout(inputs: FusionInputs, probs: Sequence[float], generator: torch.Generator
-                     ) -> FusionInputs:
+def modality_dropout(inputs: FusionInputs, probs: Sequence[float], generator: torch.Generator) -> FusionInputs:
     """Mask whole modalities per sample: ``probs`` = (text, audio, vision) drop probabilities.
 
     A dropped modality gets an all-``False`` mask row and zeroed features (what the live engine
@@ -270,8 +279,13 @@ def _optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
 
 
 @torch.inference_mode()
-def predict(model: FusionModel, split: SplitData, batch_size: int = 256,
-            max_len: Optional[int] = None, device: Union[str, torch.device] = "cpu") -> np.ndarray:
+def predict(
+    model: FusionModel,
+    split: SplitData,
+    batch_size: int = 256,
+    max_len: int | None = None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
     """Scores [N] (unclipped) in eval mode; labels are not shown to the model."""
     was_training = model.training
     model.eval()
@@ -283,9 +297,15 @@ def predict(model: FusionModel, split: SplitData, batch_size: int = 256,
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def evaluate(model: FusionModel, split: SplitData, kind: str = "mosi", batch_size: int = 256,
-             max_len: Optional[int] = None, device: Union[str, torch.device] = "cpu",
-             loss: str = "l1") -> dict[str, float]:
+def evaluate(
+    model: FusionModel,
+    split: SplitData,
+    kind: str = "mosi",
+    batch_size: int = 256,
+    max_len: int | None = None,
+    device: str | torch.device = "cpu",
+    loss: str = "l1",
+) -> dict[str, float]:
     """MMSA metrics (``models.metrics.regression_metrics``) plus ``loss`` (the task loss)."""
     pred = predict(model, split, batch_size, max_len, device)
     m = regression_metrics(kind, pred, split.labels)
@@ -313,10 +333,19 @@ def _state(model: FusionModel) -> dict[str, Tensor]:
 
 
 # --------------------------------------------------------------------------- the loop
-def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs: int, lr: float,
-               rng: np.random.Generator, gen: torch.Generator, augment: Optional[Augment],
-               select: str, desc: str, stop_after: Optional[int] = None
-               ) -> tuple[int, int, list[dict[str, float]]]:
+def _run_stage(
+    model: FusionModel,
+    data: DatasetSplits,
+    cfg: TrainConfig,
+    epochs: int,
+    lr: float,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    augment: Augment | None,
+    select: str,
+    desc: str,
+    stop_after: int | None = None,
+) -> tuple[int, int, list[dict[str, float]]]:
     """Train for up to ``epochs``; restore the best validation state. Returns (best, run, history).
 
     ``stop_after``: a refit. The LR schedule still spans ``epochs``, but training stops after
@@ -331,8 +360,7 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
     sched_name = cfg.scheduler.lower()
     if sched_name in ("warmup_cosine", "cosine"):
         warm = int(round(cfg.warmup_ratio * total)) if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, warm, cfg.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, cfg.min_lr_ratio))
         per_step = True
     elif sched_name == "plateau":
         mode = "min" if select in LOWER_IS_BETTER or select == "aux" else "max"
@@ -344,7 +372,7 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
         raise ValueError(f"unknown scheduler {cfg.scheduler!r} (warmup_cosine, plateau, constant)")
 
     probs = (cfg.text_dropout, cfg.audio_dropout, cfg.vision_dropout)
-    best_val: Optional[float] = None
+    best_val: float | None = None
     best_state = _state(model)
     best_epoch, bad, history = 0, 0, []
     last = epochs if stop_after is None else max(0, min(int(stop_after), epochs))
@@ -374,9 +402,12 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
                 sched.step()
             tot += float(loss.detach()) * len(y)
             n += len(y)
-        rec: dict[str, float] = {"epoch": epoch, "train_loss": tot / max(n, 1),
-                                 "lr": opt.param_groups[0]["lr"],
-                                 "seconds": time.perf_counter() - t0}
+        rec: dict[str, float] = {
+            "epoch": epoch,
+            "train_loss": tot / max(n, 1),
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
         if stop_after is not None:
             history.append(rec)
             bar.set_postfix(loss=f"{rec['train_loss']:.3f}")
@@ -397,8 +428,9 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
             best_val, best_state, best_epoch, bad = val, _state(model), epoch, 0
         else:
             bad += 1
-        bar.set_postfix(loss=f"{rec['train_loss']:.3f}", val=f"{val:.4f}",
-                        best=f"{best_val:.4f}" if best_val is not None else "-")
+        bar.set_postfix(
+            loss=f"{rec['train_loss']:.3f}", val=f"{val:.4f}", best=f"{best_val:.4f}" if best_val is not None else "-"
+        )
         log.debug("%s epoch %d %s", desc, epoch, rec)
         if cfg.patience and bad >= cfg.patience:
             break
@@ -409,9 +441,16 @@ def _run_stage(model: FusionModel, data: DatasetSplits, cfg: TrainConfig, epochs
     return best_epoch, epoch, history
 
 
-def train(model: FusionModel, data: DatasetSplits, config: Optional[TrainConfig] = None, *,
-          augment: Optional[Augment] = None, seed: Optional[int] = None,
-          stop_after: Optional[int] = None, stage1_stop_after: Optional[int] = None) -> TrainResult:
+def train(
+    model: FusionModel,
+    data: DatasetSplits,
+    config: TrainConfig | None = None,
+    *,
+    augment: Augment | None = None,
+    seed: int | None = None,
+    stop_after: int | None = None,
+    stage1_stop_after: int | None = None,
+) -> TrainResult:
     """Train ``model`` on ``data.train``, select on ``data.valid``, report valid + test metrics.
 
     ``augment(inputs, labels, generator) -> inputs`` (or ``(inputs, labels)``) is applied to every
@@ -436,36 +475,68 @@ def train(model: FusionModel, data: DatasetSplits, config: Optional[TrainConfig]
     has_stages = callable(getattr(model, "set_stage", None))
     if has_stages and cfg.stage1_epochs > 0:
         model.set_stage(1)
-        _, _, h1 = _run_stage(model, data, cfg, cfg.stage1_epochs, cfg.stage1_lr or cfg.lr, rng, gen,
-                              augment, "aux", f"{model.name} s{seed} stage 1", stop_after=stage1_stop_after)
+        _, _, h1 = _run_stage(
+            model,
+            data,
+            cfg,
+            cfg.stage1_epochs,
+            cfg.stage1_lr or cfg.lr,
+            rng,
+            gen,
+            augment,
+            "aux",
+            f"{model.name} s{seed} stage 1",
+            stop_after=stage1_stop_after,
+        )
         history += [{**h, "stage": 1} for h in h1]
         model.set_stage(2)
-    best_epoch, epochs_run, h2 = _run_stage(model, data, cfg, cfg.epochs, cfg.lr, rng, gen, augment,
-                                            cfg.select_metric, f"{model.name} s{seed}", stop_after=stop_after)
+    best_epoch, epochs_run, h2 = _run_stage(
+        model,
+        data,
+        cfg,
+        cfg.epochs,
+        cfg.lr,
+        rng,
+        gen,
+        augment,
+        cfg.select_metric,
+        f"{model.name} s{seed}",
+        stop_after=stop_after,
+    )
     history += [{**h, "stage": 2 if has_stages and cfg.stage1_epochs > 0 else 0} for h in h2]
     model.eval()
     kind = metrics_name(data)
     valid = evaluate(model, data.valid, kind, cfg.eval_batch_size, cfg.max_len, cfg.device, cfg.loss)
     test = evaluate(model, data.test, kind, cfg.eval_batch_size, cfg.max_len, cfg.device, cfg.loss)
-    return TrainResult(model, valid, test, best_epoch, epochs_run, history, cfg, seed,
-                       time.perf_counter() - t0)
+    return TrainResult(model, valid, test, best_epoch, epochs_run, history, cfg, seed, time.perf_counter() - t0)
 
 
-def train_model(name: str, data: DatasetSplits, config: Optional[TrainConfig] = None,
-                seed: Optional[int] = None, hparams: Optional[dict[str, Any]] = None, *,
-                augment: Optional[Augment] = None,
-                build_fn: Optional[Callable[[], FusionModel]] = None) -> TrainResult:
+def train_model(
+    name: str,
+    data: DatasetSplits,
+    config: TrainConfig | None = None,
+    seed: int | None = None,
+    hparams: dict[str, Any] | None = None,
+    *,
+    augment: Augment | None = None,
+    build_fn: Callable[[], FusionModel] | None = None,
+) -> TrainResult:
     """Seed, build ``name`` from its TOML (``hparams`` on top) at ``data.dims``, and :func:`train`."""
     cfg = config or TrainConfig.for_model(name)
     seed = cfg.seed if seed is None else seed
     seed_everything(seed)
-    model = build_fn() if build_fn is not None else registry.build_from_config(
-        name, data.dims, **(hparams or {}))
+    model = build_fn() if build_fn is not None else registry.build_from_config(name, data.dims, **(hparams or {}))
     return train(model, data, cfg, augment=augment, seed=seed)
 
 
-def refit_model(name: str, data: DatasetSplits, selected: TrainResult,
-                hparams: Optional[dict[str, Any]] = None, *, augment: Optional[Augment] = None) -> TrainResult:
+def refit_model(
+    name: str,
+    data: DatasetSplits,
+    selected: TrainResult,
+    hparams: dict[str, Any] | None = None,
+    *,
+    augment: Augment | None = None,
+) -> TrainResult:
     """Retrain ``name`` on train + valid for the epochs ``selected`` (a run early-stopped on valid)
     chose, with the same seed and configuration, then evaluate the test split once.
 
@@ -481,12 +552,19 @@ def refit_model(name: str, data: DatasetSplits, selected: TrainResult,
         stop1 = int(min(s1, key=lambda h: h["valid_aux"])["epoch"]) if s1 else cfg.stage1_epochs
     seed_everything(seed)
     model = registry.build_from_config(name, data.dims, **(hparams or {}))
-    return train(model, full, cfg, augment=augment, seed=seed, stop_after=max(1, selected.best_epoch),
-                 stage1_stop_after=stop1)
+    return train(
+        model, full, cfg, augment=augment, seed=seed, stop_after=max(1, selected.best_epoch), stage1_stop_after=stop1
+    )
 
 
-def train_seeds(name: str, data: DatasetSplits, config: Optional[TrainConfig] = None,
-                seeds: Sequence[int] = (0, 1, 2, 3, 4), hparams: Optional[dict[str, Any]] = None, *,
-                augment: Optional[Augment] = None) -> SeedsResult:
+def train_seeds(
+    name: str,
+    data: DatasetSplits,
+    config: TrainConfig | None = None,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    hparams: dict[str, Any] | None = None,
+    *,
+    augment: Augment | None = None,
+) -> SeedsResult:
     """:func:`train_model` once per seed; ``.valid`` / ``.test`` give mean and ``*_std``."""
     return SeedsResult([train_model(name, data, config, s, hparams, augment=augment) for s in seeds])

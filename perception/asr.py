@@ -285,7 +285,9 @@ def _keep_segment(seg: Any, options: AsrOptions) -> bool:
     return seg.compression_ratio <= options.compression_ratio_threshold  # above: a repetition loop
 
 
-def _whisper_words(model: Any, audio: np.ndarray, options: AsrOptions, prompt: str | None) -> list[tuple[str, float, float, float]]:
+def _whisper_words(
+    model: Any, audio: np.ndarray, options: AsrOptions, prompt: str | None
+) -> list[tuple[str, float, float, float]]:
     """(text, start, end, probability) with times in seconds from the clip start."""
     if audio.size < SAMPLE_RATE // 10:  # < 0.1 s: nothing Whisper can read
         return []
@@ -293,8 +295,9 @@ def _whisper_words(model: Any, audio: np.ndarray, options: AsrOptions, prompt: s
     # (tiny.en falls into them now and then), which would otherwise run to 448 tokens.
     max_new = int(min(200, 16 + 8 * audio.size / SAMPLE_RATE))
     try:
-        segments = _transcribe_words(model, audio, options, initial_prompt=prompt or None,
-                                     max_new_tokens=max_new, **_decode_kwargs(options))
+        segments = _transcribe_words(
+            model, audio, options, initial_prompt=prompt or None, max_new_tokens=max_new, **_decode_kwargs(options)
+        )
     except DecodeError as exc:
         # The session goes on without this decode's words; the next decode re-reads the buffer.
         log.warning("ASR decode skipped: %s", exc)
@@ -302,7 +305,13 @@ def _whisper_words(model: Any, audio: np.ndarray, options: AsrOptions, prompt: s
     out: list[tuple[str, float, float, float]] = []
     for seg in segments:
         if not _keep_segment(seg, options):
-            log.debug("dropped segment %r (no_speech %.2f, logprob %.2f, compression %.2f)", seg.text, seg.no_speech_prob, seg.avg_logprob, seg.compression_ratio)
+            log.debug(
+                "dropped segment %r (no_speech %.2f, logprob %.2f, compression %.2f)",
+                seg.text,
+                seg.no_speech_prob,
+                seg.avg_logprob,
+                seg.compression_ratio,
+            )
             continue
         for w in seg.words or []:
             text = w.word.strip()
@@ -407,7 +416,9 @@ class StreamingRecognizer:
         cap = int(max(_BACKLOG_CAP_S, 2 * self.options.max_buffer_s) * SAMPLE_RATE)
         if self._buf.size > cap:
             if not self._warned_backlog:
-                log.warning("ASR backlog over %.0f s (is step() being called?): dropping the oldest audio", cap / SAMPLE_RATE)
+                log.warning(
+                    "ASR backlog over %.0f s (is step() being called?): dropping the oldest audio", cap / SAMPLE_RATE
+                )
                 self._warned_backlog = True
             self._drop_before(self._total - cap)
 
@@ -656,7 +667,10 @@ class StreamingRecognizer:
             return (pick.a1 + later[0].a0) // 2
         return pick.a1
 
-def transcribe_file_batch(path_or_array: str | os.PathLike | np.ndarray, options: AsrOptions | None = None, model: WhisperModel | None = None) -> list[Word]:
+
+def transcribe_file_batch(
+    path_or_array: str | os.PathLike | np.ndarray, options: AsrOptions | None = None, model: WhisperModel | None = None
+) -> list[Word]:
     """Plain whole-file transcription (16 kHz mono when an array), for benchmarks and WER."""
     options = options or AsrOptions()
     model = model if model is not None else load_whisper(options)

@@ -101,7 +101,9 @@ class AudioFeatureExtractor:
         self.pad_left = (self.win_len - self.frame_len) // 2
         self.yin_nfft = sfft.next_fast_len(self.win_len, real=True)
         # Spectral path in float32 (the FFTs cost ~60 % of float64; features are float32 anyway).
-        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.frame_len) / self.frame_len)).astype(np.float32)  # periodic Hann
+        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(self.frame_len) / self.frame_len)).astype(
+            np.float32
+        )  # periodic Hann
         self.mel_fb = mel_filterbank(sr, self.n_fft, o.n_mels, o.fmin, o.fmax).astype(np.float32)
         n_mfcc = min(o.n_mfcc, o.n_mels)
         self.dct = sfft.dct(np.eye(o.n_mels), type=2, norm="ortho", axis=0)[:, :n_mfcc]  # (n_mels, n_mfcc)

@@ -2,7 +2,9 @@
 eGeMAPS one in ``egemaps``): its options, its output frames and the sample conversion."""
 
 from __future__ import annotations
+
 from dataclasses import dataclass
+
 import numpy as np
 
 

@@ -43,14 +43,16 @@ def _import_opensmile():
         raise ImportError(
             "audio_features.extractor = 'egemaps' needs the opensmile package "
             "(pip install 'sentistream[opensmile]'; research / personal-use licence, see "
-            "perception/egemaps.py)") from exc
+            "perception/egemaps.py)"
+        ) from exc
     return opensmile
 
 
 def egemaps_feature_names() -> tuple[str, ...]:
     opensmile = _import_opensmile()
-    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                            feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+    smile = opensmile.Smile(
+        feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.LowLevelDescriptors
+    )
     return tuple(smile.feature_names)
 
 
@@ -61,8 +63,9 @@ class EgemapsExtractor:
         opensmile = _import_opensmile()
         self.options = options or AudioFeatureOptions()
         self.sr = int(self.options.sample_rate)
-        self.smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                                     feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+        self.smile = opensmile.Smile(
+            feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.LowLevelDescriptors
+        )
         self.dim = EGEMAPS_DIM
         self.hop = int(round(HOP_S * self.sr))
         self.block = int(round(BLOCK_S * self.sr))
@@ -106,7 +109,7 @@ class EgemapsExtractor:
 
     def _run(self, final: bool) -> AudioFeatureFrames:
         seg_start = max(self._buf_start, self._next * self.hop - self.context)
-        seg = self._buf[seg_start - self._buf_start:]
+        seg = self._buf[seg_start - self._buf_start :]
         if seg.size < self.hop:
             return self._empty()
         values = self.smile.process_signal(seg, self.sr).to_numpy(dtype=np.float32)
@@ -119,7 +122,7 @@ class EgemapsExtractor:
         if len(frames):
             self._next = int(frames[-1]) + 1
         cut = max(self._buf_start, self._next * self.hop - self.context)
-        self._buf = self._buf[cut - self._buf_start:]
+        self._buf = self._buf[cut - self._buf_start :]
         self._buf_start = cut
         t0, idx0 = self._clock if self._clock is not None else (0.0, 0)
         times = t0 + (frames * self.hop + FRAME_S * self.sr / 2.0 - idx0) / self.sr

@@ -84,8 +84,15 @@ class FeaturePipeline:
         self.recognizer.reset()
         vis, vis_t, vis_p, aud, aud_t, words = [], [], [], [], [], []
         since_step = 0.0
-        for item in iter_media(clip.path, src.sample_rate, src.audio_chunk_ms, src.width, src.height,
-                               start_s=clip.start_s, end_s=clip.end_s):
+        for item in iter_media(
+            clip.path,
+            src.sample_rate,
+            src.audio_chunk_ms,
+            src.width,
+            src.height,
+            start_s=clip.start_s,
+            end_s=clip.end_s,
+        ):
             if isinstance(item, AudioItem):
                 frames = self.audio.process(item.samples, item.t)
                 aud.append(frames.features)
@@ -157,9 +164,14 @@ def save_part(path: Path, feats: ClipFeatures) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez(
         tmp,
-        vision=feats.vision, vision_times=feats.vision_times, vision_present=feats.vision_present,
-        audio=feats.audio, audio_times=feats.audio_times, text=feats.text,
-        words=np.array(json.dumps(feats.words)), id=np.array(feats.id),
+        vision=feats.vision,
+        vision_times=feats.vision_times,
+        vision_present=feats.vision_present,
+        audio=feats.audio,
+        audio_times=feats.audio_times,
+        text=feats.text,
+        words=np.array(json.dumps(feats.words)),
+        id=np.array(feats.id),
     )
     tmp.replace(path)  # atomic: an interrupted run never leaves a half-written part
 
@@ -167,9 +179,14 @@ def save_part(path: Path, feats: ClipFeatures) -> None:
 def load_part(path: Path) -> ClipFeatures:
     with np.load(path, allow_pickle=False) as z:
         return ClipFeatures(
-            id=str(z["id"]), vision=z["vision"], vision_times=z["vision_times"],
-            vision_present=z["vision_present"], audio=z["audio"], audio_times=z["audio_times"],
-            text=z["text"], words=json.loads(str(z["words"])),
+            id=str(z["id"]),
+            vision=z["vision"],
+            vision_times=z["vision_times"],
+            vision_present=z["vision_present"],
+            audio=z["audio"],
+            audio_times=z["audio_times"],
+            text=z["text"],
+            words=json.loads(str(z["words"])),
         )
 
 

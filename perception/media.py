@@ -7,9 +7,9 @@ The live file source and the offline `extract` command both read media through
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class AudioItem:
     samples: np.ndarray  # float32 mono
 
 
-MediaItem = Union[VideoItem, AudioItem]
+MediaItem = VideoItem | AudioItem
 
 
 @dataclass

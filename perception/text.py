@@ -158,7 +158,8 @@ class TextEncoder:
             raise ValueError(
                 f"{path}: fine-tuned text-encoder weights do not fit the model at {self.model_dir!r} "
                 f"({len(misfit)} of {len(state)} tensors, e.g. {misfit[0]!r}); the file was made for "
-                f"{info.get('base', {})}")
+                f"{info.get('base', {})}"
+            )
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v.to(dtype=own[k].dtype, device=own[k].device))
@@ -179,8 +180,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_finetune(model, prefixes: list[str], path: str | os.PathLike, meta: dict | None = None,
-                  dtype: str = "float16") -> str:
+def save_finetune(
+    model, prefixes: list[str], path: str | os.PathLike, meta: dict | None = None, dtype: str = "float16"
+) -> str:
     """Write the tensors of ``model`` (a transformers encoder) whose names start with one of
     ``prefixes`` (e.g. ``encoder.layer.5.``) to a safetensors file; returns its sha256.
     float16 halves the file; the encoder computes in float32 after loading it."""
@@ -188,17 +190,31 @@ def save_finetune(model, prefixes: list[str], path: str | os.PathLike, meta: dic
     from safetensors.torch import save_file
 
     dt = {"float16": torch.float16, "float32": torch.float32}[dtype]
-    state = {k: v.detach().to("cpu", dt).contiguous() for k, v in model.state_dict().items()
-             if any(k.startswith(p) for p in prefixes)}
+    state = {
+        k: v.detach().to("cpu", dt).contiguous()
+        for k, v in model.state_dict().items()
+        if any(k.startswith(p) for p in prefixes)
+    }
     if not state:
         raise ValueError(f"no tensors start with {prefixes}")
     cfg = model.config
-    base = {"model_type": cfg.model_type, "hidden_size": cfg.hidden_size,
-            "num_hidden_layers": cfg.num_hidden_layers, "vocab_size": cfg.vocab_size}
+    base = {
+        "model_type": cfg.model_type,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "vocab_size": cfg.vocab_size,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(state, str(path), metadata={"format": FINETUNE_FORMAT, "base": json.dumps(base),
-                                          "prefixes": json.dumps(prefixes),
-                                          "meta": json.dumps(meta or {}, default=str)})
+    save_file(
+        state,
+        str(path),
+        metadata={
+            "format": FINETUNE_FORMAT,
+            "base": json.dumps(base),
+            "prefixes": json.dumps(prefixes),
+            "meta": json.dumps(meta or {}, default=str),
+        },
+    )
     return file_sha256(path)
 
 
@@ -222,8 +238,12 @@ def finetune_info(path: str | os.PathLike) -> dict:
         md = fh.metadata() or {}
     if md.get("format") != FINETUNE_FORMAT:
         raise ValueError(f"{path}: not a sentistream text-encoder fine-tune (format={md.get('format')!r})")
-    return {"base": json.loads(md.get("base", "{}")), "prefixes": json.loads(md.get("prefixes", "[]")),
-            "meta": json.loads(md.get("meta", "{}")), "sha256": file_sha256(path)}
+    return {
+        "base": json.loads(md.get("base", "{}")),
+        "prefixes": json.loads(md.get("prefixes", "[]")),
+        "meta": json.loads(md.get("meta", "{}")),
+        "sha256": file_sha256(path),
+    }
 
 
 def _copy(emb: TextEmbedding) -> TextEmbedding:

@@ -7,10 +7,27 @@ from __future__ import annotations
 import re
 
 CONTRACTIONS = {
-    "n't": " not", "'re": " are", "'m": " am", "'ll": " will", "'ve": " have", "'d": " would", "'s": " is",
+    "n't": " not",
+    "'re": " are",
+    "'m": " am",
+    "'ll": " will",
+    "'ve": " have",
+    "'d": " would",
+    "'s": " is",
 }
-NUMBER_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six",
-                "7": "seven", "8": "eight", "9": "nine", "10": "ten"}
+NUMBER_WORDS = {
+    "0": "zero",
+    "1": "one",
+    "2": "two",
+    "3": "three",
+    "4": "four",
+    "5": "five",
+    "6": "six",
+    "7": "seven",
+    "8": "eight",
+    "9": "nine",
+    "10": "ten",
+}
 
 
 def normalise(text: str) -> list[str]:

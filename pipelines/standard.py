@@ -22,8 +22,15 @@ def standard_pipeline(config: EngineConfig) -> Pipeline:
     # and stays a few seconds ahead of them, and fusion cuts a window once every input is past it.
     fast_replay = src.kind in ("demo", "file") and src.pace == "fast"
     if src.kind in ("demo", "file"):
-        stages.append(StageDef("media", "file_source", inputs=("events",) if fast_replay else (),
-                               outputs=("video", "audio"), is_source=True))
+        stages.append(
+            StageDef(
+                "media",
+                "file_source",
+                inputs=("events",) if fast_replay else (),
+                outputs=("video", "audio"),
+                is_source=True,
+            )
+        )
         has_video = has_audio = True
     else:
         if src.kind == "webcam":
@@ -40,11 +47,19 @@ def standard_pipeline(config: EngineConfig) -> Pipeline:
         fusion_inputs.append("face")
     if has_audio:
         stages.append(StageDef("audio_features", "audio_features", inputs=("audio",), outputs=("audio_feat",)))
-        stages.append(StageDef("asr", "asr", inputs=("audio",), outputs=("words",),
-                               params={"nice": config.supervisor.asr_nice}))
+        stages.append(
+            StageDef("asr", "asr", inputs=("audio",), outputs=("words",), params={"nice": config.supervisor.asr_nice})
+        )
         fusion_inputs += ["audio_feat", "words"]
-    stages.append(StageDef("fusion", "fusion", inputs=tuple(fusion_inputs), outputs=("events",),
-                           params={"complete_windows": True} if fast_replay else {}))
+    stages.append(
+        StageDef(
+            "fusion",
+            "fusion",
+            inputs=tuple(fusion_inputs),
+            outputs=("events",),
+            params={"complete_windows": True} if fast_replay else {},
+        )
+    )
     stages.append(StageDef("sink", "sink", inputs=("events",)))
     pipeline = Pipeline("standard", tuple(stages))
     pipeline.validate()

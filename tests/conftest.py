@@ -25,7 +25,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def interrupt_and_reap(proc: "subprocess.Popen", timeout: float = 60.0) -> None:
+def interrupt_and_reap(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     """SIGINT a still-running graph (its orderly shutdown), SIGKILL it if that takes over timeout s."""
     if proc.poll() is not None:
         return

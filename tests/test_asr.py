@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.io.wavfile
 import scipy.signal
+
 from sentistream.perception.asr import (
     AsrOptions,
     StreamingRecognizer,
@@ -114,7 +115,9 @@ def test_streaming_three_sentences(model, speech):
     ref = " ".join(SENTENCES)
     err = wer(ref, text_of(words))
     decode_ms = [u.decode_ms for u in updates[:-1] if u.decoded]
-    print(f"\nWER {err:.3f}; decode per step {np.mean(decode_ms):.0f} ms (max {np.max(decode_ms):.0f}); {text_of(words)!r}")
+    print(
+        f"\nWER {err:.3f}; decode per step {np.mean(decode_ms):.0f} ms (max {np.max(decode_ms):.0f}); {text_of(words)!r}"
+    )
     assert err <= 0.2, text_of(words)
     assert_times_ok(words, t0, t0 + audio.size / SR)
     # one utterance end per sentence, each committed by a single final decode
@@ -155,7 +158,9 @@ def test_batch_file(model, speech):
 @pytest.mark.parametrize("kind", ["zeros", "noise"])
 def test_silence_and_noise_give_no_words(model, kind):
     rng = np.random.default_rng(0)
-    audio = np.zeros(10 * SR, np.float32) if kind == "zeros" else (0.003 * rng.standard_normal(10 * SR)).astype(np.float32)
+    audio = (
+        np.zeros(10 * SR, np.float32) if kind == "zeros" else (0.003 * rng.standard_normal(10 * SR)).astype(np.float32)
+    )
     rec = StreamingRecognizer(AsrOptions(), model)
     words, updates, max_buffer = feed(rec, audio, 0.0)
     assert words == []
@@ -202,7 +207,9 @@ def test_clock_gap_maps_word_times(model, tmp_path):
     # The words must land on the right side of the re-anchored clock. Accuracy itself is held
     # to WER <= 20 % by the streaming tests; a single 7-word sentence decoded after a gap may
     # lose two words ("The weather" -> "But whether" with the short encoder window).
-    assert wer(SENTENCES[0], text_of(first)) <= 0.2 and wer(SENTENCES[1], text_of(second)) <= 0.3, text_of(upd.committed)
+    assert wer(SENTENCES[0], text_of(first)) <= 0.2 and wer(SENTENCES[1], text_of(second)) <= 0.3, text_of(
+        upd.committed
+    )
     assert all(w.end_s <= 10.0 + a.size / SR + 1e-6 for w in first)
     assert all(w.end_s <= 50.0 + b.size / SR + 1e-6 for w in second)
 

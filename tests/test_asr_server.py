@@ -27,8 +27,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     address = f"tcp://127.0.0.1:{_free_port()}"
-    proc = subprocess.Popen(sentistream_cmd("serve-asr", "--address", address, "--workers", "2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        sentistream_cmd("serve-asr", "--address", address, "--workers", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     line = proc.stdout.readline()  # printed once the model is loaded and the socket bound
     assert "Whisper server on" in line, line
     yield address, proc
@@ -50,8 +54,10 @@ def _session(address: str, audio: np.ndarray, out: dict, key: int) -> None:
 
 def test_two_sessions_share_one_model(server, tmp_path):
     address, proc = server
-    audio = [np.concatenate([np.zeros(8000, np.float32), tts(s, tmp_path / f"s{i}.wav"), np.zeros(8000, np.float32)])
-             for i, s in enumerate(SENTENCES[:2])]
+    audio = [
+        np.concatenate([np.zeros(8000, np.float32), tts(s, tmp_path / f"s{i}.wav"), np.zeros(8000, np.float32)])
+        for i, s in enumerate(SENTENCES[:2])
+    ]
     texts: dict[int, str] = {}
     threads = [threading.Thread(target=_session, args=(address, a, texts, i)) for i, a in enumerate(audio)]
     for t in threads:
@@ -77,8 +83,15 @@ def test_bad_requests_are_answered_and_the_server_goes_on(server, tmp_path):
     raw.send_multipart([b"asr", b"{not json", b"x"])  # malformed: an error reply, not a crash
     msg = Message("asr_request", "asr", 7, now_ns(), 0.0, [np.zeros((2, 2), np.float32)], meta={"op": "transcribe"})
     raw.send_multipart(encode(msg))
-    evil = Message("asr_request", "asr", 8, now_ns(), 0.0, [np.zeros(1600, np.float32)],
-                   meta={"op": "transcribe", "options": {"evil": "x"}})
+    evil = Message(
+        "asr_request",
+        "asr",
+        8,
+        now_ns(),
+        0.0,
+        [np.zeros(1600, np.float32)],
+        meta={"op": "transcribe", "options": {"evil": "x"}},
+    )
     raw.send_multipart(encode(evil))  # the server checks the options itself too
     replies = []
     deadline = time.monotonic() + 10
@@ -88,15 +101,17 @@ def test_bad_requests_are_answered_and_the_server_goes_on(server, tmp_path):
     raw.close()
     assert len(replies) == 3 and all(b"error" in r[1] for r in replies)
     assert any(b"unknown decode option" in r[1] for r in replies)
-    words = remote.transcribe(tts(SENTENCES[2], tmp_path / "s.wav"), encoder_pad_s=3.0, word_timestamps=True,
-                              language="en")[0]
+    words = remote.transcribe(
+        tts(SENTENCES[2], tmp_path / "s.wav"), encoder_pad_s=3.0, word_timestamps=True, language="en"
+    )[0]
     assert wer(SENTENCES[2], " ".join(w.word for s in words for w in s.words)) <= 0.2
 
 
 def test_unreachable_server_skips_the_decode_not_the_session(tmp_path):
     address = f"tcp://127.0.0.1:{_free_port()}"  # nobody listens
-    rec = StreamingRecognizer(AsrOptions(server=address, server_timeout_s=0.5),
-                              open_whisper(AsrOptions(server=address, server_timeout_s=0.5)))
+    rec = StreamingRecognizer(
+        AsrOptions(server=address, server_timeout_s=0.5), open_whisper(AsrOptions(server=address, server_timeout_s=0.5))
+    )
     audio = tts(SENTENCES[0], tmp_path / "a.wav")
     for k in range(0, audio.size, CHUNK):
         rec.add_audio(audio[k : k + CHUNK], k / 16000)

@@ -22,8 +22,16 @@ import pytest
 import torch
 
 from sentistream.engine import backends as B
-from sentistream.engine.backends import (BackendOptions, BackendUnavailable, CompileBackend, EagerBackend,
-                                         OnnxRuntimeBackend, ShapePlan, collate, select_backend)
+from sentistream.engine.backends import (
+    BackendOptions,
+    BackendUnavailable,
+    CompileBackend,
+    EagerBackend,
+    OnnxRuntimeBackend,
+    ShapePlan,
+    collate,
+    select_backend,
+)
 from sentistream.engine.config import ConfigError, FusionConfig, config_from_dict
 from sentistream.engine.windowing import Window, WordSpan
 
@@ -79,7 +87,7 @@ def _face_features(n: int) -> np.ndarray:
         for k in range(n):
             frame = np.zeros((480, 640, 3), np.uint8)
             dx = k % 5
-            frame[:, 64 + dx:576 + dx] = photo[:480]
+            frame[:, 64 + dx : 576 + dx] = photo[:480]
             out.append(ex.extract(frame).features)
     return np.stack(out).astype(np.float32)
 
@@ -236,8 +244,9 @@ def test_background_export_runs_unready_buckets_eagerly(live_models, inputs, tmp
 # ------------------------------------------------------------------------------ selection
 def test_auto_on_cpu_measures_and_logs(live_models, cache_dir, caplog):
     caplog.set_level(logging.INFO, logger="sentistream.backends")
-    opts = BackendOptions(backend="auto", device="cpu", cache_dir=str(cache_dir), select_budget_s=0.2,
-                          onnx_prebuild="none")
+    opts = BackendOptions(
+        backend="auto", device="cpu", cache_dir=str(cache_dir), select_budget_s=0.2, onnx_prebuild="none"
+    )
     backend = select_backend(opts, live_models["almt"].model)
     assert backend.name in ("onnxruntime", "eager")
     assert "auto on CPU" in backend.reason and "ms vs" in backend.reason
@@ -259,8 +268,10 @@ def test_tensorrt_missing_falls_back_with_a_clear_line(live_models, cache_dir, c
 
 
 def test_torch_tensorrt_is_never_imported_by_the_engine():
-    code = ("import sys; import sentistream.engine.backends, sentistream.engine.fusion_server, "
-            "sentistream.models.live; assert 'torch_tensorrt' not in sys.modules")
+    code = (
+        "import sys; import sentistream.engine.backends, sentistream.engine.fusion_server, "
+        "sentistream.models.live; assert 'torch_tensorrt' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -283,8 +294,9 @@ def _fake_trt(calls: dict):
     trt.Input = _FakeInput
 
     def compile(module, ir="dynamo", inputs=(), min_block_size=5, enabled_precisions=None, **kw):
-        calls.setdefault("compile", []).append({"ir": ir, "inputs": inputs, "precisions": enabled_precisions,
-                                                "min_block_size": min_block_size, **kw})
+        calls.setdefault("compile", []).append(
+            {"ir": ir, "inputs": inputs, "precisions": enabled_precisions, "min_block_size": min_block_size, **kw}
+        )
         return module
 
     def save(module, path, arg_inputs=None, **kw):
@@ -321,20 +333,26 @@ def test_tensorrt_configuration_and_engine_cache(live_models, inputs, tmp_path, 
     x = inputs["almt"][1]
     _close(backend(x), EagerBackend(model)(x), TOL)
     # a second start finds both engines in the cache: nothing is compiled again
-    monkeypatch.setattr(torch.export, "load", lambda p: types.SimpleNamespace(
-        module=lambda: B.ExportWrapper(model, bool_masks=False)))
+    monkeypatch.setattr(
+        torch.export, "load", lambda p: types.SimpleNamespace(module=lambda: B.ExportWrapper(model, bool_masks=False))
+    )
     again = B.TensorRTBackend(model, plan, "cpu", cache_dir=tmp_path, importer=lambda name: trt)
     assert again.cache_hits == 2 and len(calls["compile"]) == 2
     # another GPU or another batch profile is another engine
-    assert B.tensorrt_cache_key("f", (16, 60, 45), (384, 59, 100), 16, "GPU A", "v") != \
-        B.tensorrt_cache_key("f", (16, 60, 45), (384, 59, 100), 16, "GPU B", "v")
-    assert B.tensorrt_cache_key("f", (16, 60, 45), (384, 59, 100), 16, "GPU A", "v") != \
-        B.tensorrt_cache_key("f", (16, 60, 45), (384, 59, 100), 32, "GPU A", "v")
+    assert B.tensorrt_cache_key("f", (16, 60, 45), (384, 59, 100), 16, "GPU A", "v") != B.tensorrt_cache_key(
+        "f", (16, 60, 45), (384, 59, 100), 16, "GPU B", "v"
+    )
+    assert B.tensorrt_cache_key("f", (16, 60, 45), (384, 59, 100), 16, "GPU A", "v") != B.tensorrt_cache_key(
+        "f", (16, 60, 45), (384, 59, 100), 32, "GPU A", "v"
+    )
 
 
 def test_tensorrt_precision_follows_the_installed_api():
-    new = types.SimpleNamespace(dynamo=types.SimpleNamespace(
-        compile=lambda ep, *, use_explicit_typing=True, enable_autocast=False, low_precision_type=None: None))
+    new = types.SimpleNamespace(
+        dynamo=types.SimpleNamespace(
+            compile=lambda ep, *, use_explicit_typing=True, enable_autocast=False, low_precision_type=None: None
+        )
+    )
     kw = B.tensorrt_precision_kwargs(new)
     assert kw == {"use_explicit_typing": True, "enable_autocast": True, "low_precision_type": torch.float16}
     old = types.SimpleNamespace(dynamo=types.SimpleNamespace(compile=lambda ep, *, enabled_precisions=None: None))
@@ -344,7 +362,7 @@ def test_tensorrt_precision_follows_the_installed_api():
 # ------------------------------------------------------------------------------ GPU
 def _has_trt() -> bool:
     try:
-        import torch_tensorrt  # noqa: F401
+        import torch_tensorrt  # noqa: F401  # pyright: ignore[reportMissingImports]
     except Exception:
         return False
     return True
@@ -388,12 +406,24 @@ def test_shape_plan_buckets():
 
 
 def test_fusion_config_keys():
-    cfg = config_from_dict({"fusion": {"backend": "onnxruntime", "text_buckets": [8, 24], "max_batch": 32,
-                                       "server": "tcp://127.0.0.1:5560"}})
+    cfg = config_from_dict(
+        {
+            "fusion": {
+                "backend": "onnxruntime",
+                "text_buckets": [8, 24],
+                "max_batch": 32,
+                "server": "tcp://127.0.0.1:5560",
+            }
+        }
+    )
     opts = BackendOptions.from_config(cfg.fusion)
     assert opts.backend == "onnxruntime" and opts.text_buckets == (8, 24) and opts.max_batch == 32
     assert opts.audio_buckets == (cfg.fusion.max_audio_frames,)
-    for bad, needle in [({"backend": "trt"}, "fusion.backend"), ({"text_buckets": [0]}, "fusion.text_buckets"),
-                        ({"server": "http://x"}, "fusion.server"), ({"max_batch": 0}, "fusion.max_batch")]:
+    for bad, needle in [
+        ({"backend": "trt"}, "fusion.backend"),
+        ({"text_buckets": [0]}, "fusion.text_buckets"),
+        ({"server": "http://x"}, "fusion.server"),
+        ({"max_batch": 0}, "fusion.max_batch"),
+    ]:
         with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
             config_from_dict({"fusion": bad})

@@ -15,8 +15,8 @@ import time
 
 import pytest
 import zmq
-
 from conftest import interrupt_and_reap, read_jsonl, sentistream_cmd
+
 from sentistream.bench.procs import cmdline, descendants, memory_kb, stage_name
 from sentistream.engine.messages import decode, now_ns
 from sentistream.engine.supervisor import free_tcp_port
@@ -38,9 +38,23 @@ def test_stalled_subscribers_leave_memory_bounded_and_get_fresh_data(tmp_path, a
     out = tmp_path / "events.jsonl"
     events_address = f"tcp://127.0.0.1:{free_tcp_port()}"
     proc = subprocess.Popen(
-        sentistream_cmd("run", "--source", "demo", "--loop", "--duration", "900", "--events", events_address,
-                        "--jsonl", str(out), "--view", "none"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        sentistream_cmd(
+            "run",
+            "--source",
+            "demo",
+            "--loop",
+            "--duration",
+            "900",
+            "--events",
+            events_address,
+            "--jsonl",
+            str(out),
+            "--view",
+            "none",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ctx = zmq.Context.instance()
     socks: list[zmq.Socket] = []
@@ -49,10 +63,12 @@ def test_stalled_subscribers_leave_memory_bounded_and_get_fresh_data(tmp_path, a
         while time.monotonic() < deadline and (not out.exists() or len(read_jsonl(out)) < 4):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             time.sleep(0.2)
-        tree = {pid: ("supervisor" if pid == proc.pid else stage_name(pid) or "?") for pid in [proc.pid, *descendants(proc.pid)]}
+        tree = {
+            pid: ("supervisor" if pid == proc.pid else stage_name(pid) or "?")
+            for pid in [proc.pid, *descendants(proc.pid)]
+        }
         media_pid = next(p for p, n in tree.items() if n == "media")
-        media_out = re.search(r'"output_address": "([^"]+)"',
-                              cmdline(media_pid)).group(1)
+        media_out = re.search(r'"output_address": "([^"]+)"', cmdline(media_pid)).group(1)
         # Two subscribers that will not read: default receive queues (1000 messages; the video
         # one is kept small only so that the test process itself stays small).
         ev = ctx.socket(zmq.SUB)

@@ -7,23 +7,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import wave
 
 import numpy as np
 import pytest
-import zmq
-
 from conftest import REPO, read_jsonl, sentistream_cmd
-from sentistream.engine.config import EngineConfig
-from sentistream.engine.messages import Message, decode, now_ns
-from sentistream.engine.stage import StageSpec
+
+from sentistream.engine.harness import IsolatedStage
+from sentistream.engine.messages import Message, now_ns
 
 
 def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(sentistream_cmd("run", *args, "--view", "none"), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        sentistream_cmd("run", *args, "--view", "none"), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -79,70 +77,6 @@ def test_truncated_demo_clip_plays_what_it_can_and_says_so(tmp_path):
 # ---- one stage in isolation ---------------------------------------------------------------------
 
 
-def _free(ctx, kind):
-    s = ctx.socket(kind)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    return s, f"tcp://127.0.0.1:{port}"
-
-
-class IsolatedStage:
-    def __init__(self, kind: str, inp: str, out: str) -> None:
-        ctx = zmq.Context.instance()
-        self.feed, feed_addr = _free(ctx, zmq.PUB)
-        self.control, control_addr = _free(ctx, zmq.PULL)
-        self.command, command_addr = _free(ctx, zmq.PUB)
-        probe = ctx.socket(zmq.PUB)
-        out_addr = f"tcp://127.0.0.1:{probe.bind_to_random_port('tcp://127.0.0.1')}"
-        probe.close(linger=0)
-        spec = StageSpec(name=kind, kind=kind, inputs={inp: feed_addr}, output_address=out_addr,
-                         control_address=control_addr, command_address=command_addr,
-                         config=EngineConfig().to_dict(), params={"outputs": [out]})
-        self.proc = subprocess.Popen([sys.executable, "-m", "sentistream.engine.worker", spec.to_json()],
-                                     stderr=subprocess.PIPE, text=True)
-        self.sub = ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.SUBSCRIBE, out.encode())
-        self.sub.connect(out_addr)
-        self.stats: dict = {}
-        deadline = time.monotonic() + 120
-        ready = False
-        while time.monotonic() < deadline and not ready:
-            if self.control.poll(500):
-                ready = json.loads(self.control.recv()).get("type") == "ready"
-        assert ready, f"{kind} stage never became ready"
-        time.sleep(0.3)
-
-    def send(self, msg: Message) -> None:
-        self.feed.send_multipart(msg.encode())
-
-    def receive(self, timeout: float, until=lambda msgs: False) -> list[Message]:
-        out, deadline = [], time.monotonic() + timeout
-        while time.monotonic() < deadline and not until(out):
-            if self.sub.poll(100):
-                out.append(decode(self.sub.recv_multipart()))
-        if out:
-            out += self.receive(0.5)  # anything that follows at once (nothing should)
-        return out
-
-    def counters(self, until=lambda c: True, timeout: float = 10) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.control.poll(300):
-                body = json.loads(self.control.recv())
-                if body.get("type") == "stats":
-                    self.stats = body["counters"]
-                    if until(self.stats):
-                        break
-        return self.stats
-
-    def close(self) -> str:
-        if not hasattr(self, "err"):
-            self.proc.terminate()
-            _, self.err = self.proc.communicate(timeout=20)
-            for s in (self.feed, self.control, self.command, self.sub):
-                s.close(linger=0)
-        return self.err
-
-
 @pytest.fixture
 def face_stage():
     stage = IsolatedStage("face", "video", "face")
@@ -172,8 +106,17 @@ def test_face_stage_takes_1x1_and_8k_frames_and_refuses_larger(face_stage):
     assert len(got) == 1 and got[0].t_media_s == pytest.approx(0.1), [m.meta for m in got]
     assert st.proc.poll() is None
     # one row more is over the limit: dropped as malformed, before any allocation
-    header = {"v": 1, "kind": "video_frame", "stream": "video", "seq": 2, "t_capture_ns": 1, "t_media_s": 0.2,
-              "arrays": [{"dtype": "uint8", "shape": [4321, 7680, 3]}], "meta": {}, "trace": {}}
+    header = {
+        "v": 1,
+        "kind": "video_frame",
+        "stream": "video",
+        "seq": 2,
+        "t_capture_ns": 1,
+        "t_media_s": 0.2,
+        "arrays": [{"dtype": "uint8", "shape": [4321, 7680, 3]}],
+        "meta": {},
+        "trace": {},
+    }
     st.feed.send_multipart([b"video", json.dumps(header).encode(), b"\0" * 16])
     counters = st.counters(until=lambda c: c["malformed"] >= 1)
     assert counters["malformed"] == 1 and counters["errors"] == 0, counters
@@ -194,7 +137,7 @@ def test_audio_stage_takes_zero_length_and_drops_nan_inf_chunks(audio_stage):
         st.send(Message("audio_chunk", "audio", 1 + i, now_ns(), t, [a]))
     good = (0.1 * np.sin(np.arange(sr) / 7.0)).astype(np.float32)
     for i in range(10):
-        st.send(Message("audio_chunk", "audio", 4 + i, now_ns(), i * 0.1, [good[i * chunk:(i + 1) * chunk]]))
+        st.send(Message("audio_chunk", "audio", 4 + i, now_ns(), i * 0.1, [good[i * chunk : (i + 1) * chunk]]))
     got = [m for m in st.receive(10.0, until=lambda msgs: len(msgs) >= 9) if m.kind == "audio_features"]
     assert got, "no features after the bad chunks"
     for m in got:

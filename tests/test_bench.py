@@ -6,8 +6,8 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import sentistream_cmd
+
 from sentistream.bench.latency import pipeline_metrics
 
 
@@ -18,8 +18,17 @@ def test_bench_subcommands_are_registered():
 
 
 def _run(frames, events, t0_ns=10**9):
-    return {"events": events, "frames": frames, "length_s": 3.0, "t0_ns": t0_ns, "exit_code": 0, "error": "",
-            "restarts": {}, "wall_s": 1.0, "minutes": 0.0}
+    return {
+        "events": events,
+        "frames": frames,
+        "length_s": 3.0,
+        "t0_ns": t0_ns,
+        "exit_code": 0,
+        "error": "",
+        "restarts": {},
+        "wall_s": 1.0,
+        "minutes": 0.0,
+    }
 
 
 def test_pipeline_metrics_definitions():
@@ -32,9 +41,15 @@ def test_pipeline_metrics_definitions():
         t1 = n * 0.25
         emit = t0 + int((t1 - 0.1) * 1e9) + 5_000_000
         newest = [f for f in frames if f[1] <= emit - 3_000_000][-1]
-        events.append({"seq": n, "window": {"t0": max(0.0, t1 - 3), "t1": t1}, "t_emit_ns": emit,
-                       "latency_ms": {"face": {"capture_to_emit": (emit - newest[1]) / 1e6}, "model": 1.0},
-                       "new_words": [{"text": "hi", "start_s": t1 - 0.5, "end_s": t1 - 0.3}] if n == 8 else []})
+        events.append(
+            {
+                "seq": n,
+                "window": {"t0": max(0.0, t1 - 3), "t1": t1},
+                "t_emit_ns": emit,
+                "latency_ms": {"face": {"capture_to_emit": (emit - newest[1]) / 1e6}, "model": 1.0},
+                "new_words": [{"text": "hi", "start_s": t1 - 0.5, "end_s": t1 - 0.3}] if n == 8 else [],
+            }
+        )
     events.append({**events[-1], "seq": 99, "final": True, "new_words": [{"text": "x", "start_s": 0, "end_s": 3.0}]})
     m = pipeline_metrics(_run(frames, events))
     cdf = m.pop("_cdf")
@@ -48,10 +63,27 @@ def test_pipeline_metrics_definitions():
 
 
 def test_latency_bench_writes_results(tmp_path):
-    out = subprocess.run(sentistream_cmd("bench", "latency", "--skip-pipeline", "--backends", "eager,tensorrt",
-                                         "--models", "almt", "--budget-s", "0.05", "--out-dir", str(tmp_path),
-                                         "--smoke", "--tag", "test"),
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        sentistream_cmd(
+            "bench",
+            "latency",
+            "--skip-pipeline",
+            "--backends",
+            "eager,tensorrt",
+            "--models",
+            "almt",
+            "--budget-s",
+            "0.05",
+            "--out-dir",
+            str(tmp_path),
+            "--smoke",
+            "--tag",
+            "test",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / "latency-test-smoke.json").read_text())
     assert res["stamp"]["smoke"] and res["stamp"]["versions"]["torch"]
@@ -76,8 +108,9 @@ def test_throughput_step_against_a_server():
     torch.manual_seed(0)
     model = build("almt", DEFAULT_DIMS).eval()
     info = {"model": "almt", "fingerprint": model_fingerprint(model), "dims": list(model.dims), "backend": "eager"}
-    server = FusionServer(EagerBackend(model), info, "tcp://127.0.0.1:0", max_batch=8,
-                          plan=ShapePlan((16, 32, 64), (60,), (45,), 8)).start()
+    server = FusionServer(
+        EagerBackend(model), info, "tcp://127.0.0.1:0", max_batch=8, plan=ShapePlan((16, 32, 64), (60,), (45,), 8)
+    ).start()
     try:
         r = run_step(server.address, 3, 1.0, 5000.0, list(model.dims), warmup_s=0.3)
     finally:

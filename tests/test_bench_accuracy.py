@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sentistream.bench import accuracy, accuracy_common, accuracy_utterance
 
 NPZ = accuracy.DEFAULT_NPZ
@@ -28,16 +29,29 @@ def _minilm_available() -> bool:
 @needs_data
 def test_quick_mode_structure(tmp_path: Path) -> None:
     suites = ["mosi_utterance", "mosi_spoken"] + (["mosi_text"] if _minilm_available() else [])
-    rc = accuracy.main(["--quick", "--subsample", "90", "--suites", ",".join(suites),
-                        "--checkpoint", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)])
+    rc = accuracy.main(
+        [
+            "--quick",
+            "--subsample",
+            "90",
+            "--suites",
+            ",".join(suites),
+            "--checkpoint",
+            str(tmp_path / "missing.safetensors"),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "accuracy.json").read_text())
     assert "meta" in data
     for suite in suites:
         assert suite in data and suite in data["meta"]
     # suite -> model -> metric (+ _std), accuracies as fractions
-    expected = {"mosi_utterance": set(accuracy_common.QUICK_MODELS["mosi_utterance"]),
-                "mosi_text": set(accuracy_common.QUICK_MODELS["mosi_text"])}
+    expected = {
+        "mosi_utterance": set(accuracy_common.QUICK_MODELS["mosi_utterance"]),
+        "mosi_text": set(accuracy_common.QUICK_MODELS["mosi_text"]),
+    }
     for suite, models in expected.items():
         if suite not in suites:
             continue
@@ -92,8 +106,23 @@ def test_merge_keeps_other_entries(tmp_path: Path) -> None:
 
 @needs_data
 def test_seed_ensemble_row_averages_its_members(tmp_path: Path) -> None:
-    rc = accuracy.main(["--quick", "--subsample", "90", "--suites", "mosi_utterance", "--models", "lmf",
-                        "--contexts", "0", "--ensemble", "2", "--out", str(tmp_path)])
+    rc = accuracy.main(
+        [
+            "--quick",
+            "--subsample",
+            "90",
+            "--suites",
+            "mosi_utterance",
+            "--models",
+            "lmf",
+            "--contexts",
+            "0",
+            "--ensemble",
+            "2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "accuracy.json").read_text())
     assert set(data["mosi_utterance"]) == {"lmf_ens2"}
@@ -110,8 +139,22 @@ def test_seed_ensemble_row_averages_its_members(tmp_path: Path) -> None:
 
 @needs_data
 def test_refit_row_scores_models_retrained_on_train_and_valid(tmp_path: Path) -> None:
-    rc = accuracy.main(["--quick", "--subsample", "90", "--suites", "mosi_utterance", "--models", "lmf",
-                        "--contexts", "0", "--refit", "--out", str(tmp_path)])
+    rc = accuracy.main(
+        [
+            "--quick",
+            "--subsample",
+            "90",
+            "--suites",
+            "mosi_utterance",
+            "--models",
+            "lmf",
+            "--contexts",
+            "0",
+            "--refit",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "accuracy.json").read_text())
     assert set(data["mosi_utterance"]) == {"lmf_refit"}
@@ -124,9 +167,13 @@ def test_refit_row_scores_models_retrained_on_train_and_valid(tmp_path: Path) ->
 
 
 def test_zoo_ensemble_members_rule() -> None:
-    rec = {"lmf": {"valid": {"mae": 0.6}, "context": 8}, "tfn": {"valid": {"mae": 0.62}, "context": 0},
-           "msfn": {"valid": {"mae": 0.64}, "context": 0}, "lmf_ens5": {"valid": {"mae": 0.5}, "context": 8},
-           "almt": {"valid": {"mae": 0.7}, "context": 0}}
+    rec = {
+        "lmf": {"valid": {"mae": 0.6}, "context": 8},
+        "tfn": {"valid": {"mae": 0.62}, "context": 0},
+        "msfn": {"valid": {"mae": 0.64}, "context": 0},
+        "lmf_ens5": {"valid": {"mae": 0.5}, "context": 8},
+        "almt": {"valid": {"mae": 0.7}, "context": 0},
+    }
     members, rule = accuracy_utterance.zoo_ensemble_members("top3", rec)
     assert members == ["lmf", "tfn", "msfn"] and "lowest recorded mean valid MAE" in rule  # ensembles are no member
     assert accuracy_utterance.zoo_ensemble_members("almt,lmf", rec)[0] == ["almt", "lmf"]
@@ -140,8 +187,10 @@ def test_zoo_ensemble_row_averages_different_models(tmp_path: Path) -> None:
     assert accuracy.main(common + ["--models", "lmf,msfn", "--contexts", "0,2"]) == 0
     assert accuracy.main(common + ["--zoo-ensemble", "top2"]) == 0
     data = json.loads((tmp_path / "accuracy.json").read_text())
-    mm = data["meta"]["mosi_utterance"]["models"]["zoo_ens_" + "_".join(
-        sorted(["lmf", "msfn"], key=lambda m: data["meta"]["mosi_utterance"]["models"][m]["valid"]["mae"]))]
+    mm = data["meta"]["mosi_utterance"]["models"][
+        "zoo_ens_"
+        + "_".join(sorted(["lmf", "msfn"], key=lambda m: data["meta"]["mosi_utterance"]["models"][m]["valid"]["mae"]))
+    ]
     (seed_run,) = mm["per_seed"]
     ks = {m["model"]: m["context"] for m in seed_run["members"]}
     assert ks == {m: data["meta"]["mosi_utterance"]["models"][m]["context"] for m in ("lmf", "msfn")}
@@ -158,8 +207,19 @@ def test_spoken_suite_on_the_shipped_model(tmp_path: Path) -> None:
 
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
-    rc = accuracy.main(["--quick", "--suites", "mosi_spoken", "--spoken-utterances", "3",
-                        "--models", "live_ref_text,live_asr_text,live_asr_text_gapped", "--out", str(tmp_path)])
+    rc = accuracy.main(
+        [
+            "--quick",
+            "--suites",
+            "mosi_spoken",
+            "--spoken-utterances",
+            "3",
+            "--models",
+            "live_ref_text,live_asr_text,live_asr_text_gapped",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "accuracy.json").read_text())
     rows, meta = data["mosi_spoken"], data["meta"]["mosi_spoken"]

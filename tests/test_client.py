@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 from conftest import REPO, sentistream_cmd
+
 from sentistream.client import SentimentClient, SentimentEvent, resolve_events_address
 from sentistream.engine.messages import Message, now_ns
 from sentistream.engine.protocol import ProtocolError
@@ -50,7 +51,9 @@ class FakeEngine:
         self.seq = 0
 
     def send(self, event: dict) -> None:
-        self.sock.send_multipart(Message("event", "events", self.seq, now_ns(), event["window"]["t1"], meta=event).encode())
+        self.sock.send_multipart(
+            Message("event", "events", self.seq, now_ns(), event["window"]["t1"], meta=event).encode()
+        )
         self.seq += 1
 
     def send_raw(self, frames: list[bytes]) -> None:

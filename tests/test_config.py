@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import sentistream_cmd
+
 from sentistream.engine.config import ConfigError, config_from_dict, load_config
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zmq
 from conftest import interrupt_and_reap, sentistream_cmd
+
 from sentistream.engine.dashboard import (
     DashboardBridge,
     parse_listen,
@@ -128,10 +129,10 @@ def test_bridge_serves_page_and_forwards_events_frames_and_health(fake_engine):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not {"event", "frame", "health"} <= set(got):
             seq += 1
-            fake_engine.events.send_multipart(Message("event", "events", seq, now_ns(), seq * 0.25,
-                                                      meta=_event(seq, seq * 0.25)).encode())
-            fake_engine.video.send_multipart(Message("video_frame", "video", seq, now_ns(), seq * 0.25,
-                                                     [rgb]).encode())
+            fake_engine.events.send_multipart(
+                Message("event", "events", seq, now_ns(), seq * 0.25, meta=_event(seq, seq * 0.25)).encode()
+            )
+            fake_engine.video.send_multipart(Message("video_frame", "video", seq, now_ns(), seq * 0.25, [rgb]).encode())
             b.on_status(_fake_stages())
             b._last_health_check = 0.0
             try:
@@ -285,8 +286,11 @@ def test_page_in_headless_chromium_shows_live_events(engine, artifacts_dir, tmp_
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-dev-shm-usage", "--window-size=1280,1300", f"--user-data-dir={tmp_path / 'profile'}",
         ]  # fmt: skip
-        caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
-                                                 "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}}}
+        caps = {
+            "capabilities": {
+                "alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}
+            }
+        }
         session = _webdriver(base, "POST", "/session", caps, timeout=90)["value"]["sessionId"]
         s = f"/session/{session}"
         _webdriver(base, "POST", s + "/url", {"url": engine.url})

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from conftest import sentistream_cmd
+
 from sentistream.engine import doctor
 
 
@@ -49,7 +50,8 @@ def test_models_found_in_this_install(report):
     from sentistream.models.registry import read_checkpoint_metadata
 
     if shipped_checkpoint_path().is_file() and read_checkpoint_metadata(shipped_checkpoint_path())["meta"].get(
-            "text_finetune"):  # the shipped model reads fine-tuned text layers: they are beside it
+        "text_finetune"
+    ):  # the shipped model reads fine-tuned text layers: they are beside it
         assert models["text_finetune"]["status"] == "ok", models["text_finetune"]
     assert report["ok"] and report["_code"] == 0
 

@@ -18,8 +18,11 @@ SR = 16000
 
 def _speech(tmp_path) -> np.ndarray:
     wav = tmp_path / "s.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), "this is a test of the voice features"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-w", str(wav), "this is a test of the voice features"],
+        check=True,
+        capture_output=True,
+    )
     with wave.open(str(wav)) as w:
         x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768.0
         rate = w.getframerate()

@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 import zmq
-
 from conftest import REPO, sentistream_cmd
+
 from sentistream.engine.config import load_config
 from sentistream.engine.messages import decode
 from sentistream.engine.supervisor import Supervisor
@@ -95,10 +95,7 @@ def test_extract_csv_to_mmsa_pickle_resumes_and_skips_bad_files(tmp_path):
     shutil.copy(DEMO, tmp_path / "demo.mp4")
     (tmp_path / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     (tmp_path / "labels.csv").write_text(
-        "path,start,end,label,split\n"
-        "demo.mp4,0,4,2.5,train\n"
-        "demo.mp4,4.5,8.5,-2.0,test\n"
-        "broken.mp4,0,3,1.0,test\n"
+        "path,start,end,label,split\ndemo.mp4,0,4,2.5,train\ndemo.mp4,4.5,8.5,-2.0,test\nbroken.mp4,0,3,1.0,test\n"
     )
     out = tmp_path / "data.pkl"
     cmd = sentistream_cmd("extract", str(tmp_path / "labels.csv"), "--out", str(out), "--quiet")
@@ -112,8 +109,16 @@ def test_extract_csv_to_mmsa_pickle_resumes_and_skips_bad_files(tmp_path):
     assert set(data) == {"train", "test"}
     for split, label in (("train", 2.5), ("test", -2.0)):
         d = data[split]
-        for key in ("text", "audio", "vision", "audio_lengths", "vision_lengths", "raw_text", "id",
-                    "regression_labels"):
+        for key in (
+            "text",
+            "audio",
+            "vision",
+            "audio_lengths",
+            "vision_lengths",
+            "raw_text",
+            "id",
+            "regression_labels",
+        ):
             assert key in d, key
         assert d["regression_labels"].tolist() == [label]
         assert d["audio"].shape[0] == 1 and d["audio_lengths"][0] > 300

@@ -8,7 +8,6 @@ import re
 import subprocess
 
 import pytest
-
 from conftest import REPO, read_jsonl, sentistream_cmd
 
 HOP = 0.25
@@ -20,12 +19,31 @@ def fast_run(request, tmp_path_factory):
     source = "demo"
     if request.param == "audio_only":  # the demo's speech without its video track
         source = str(d / "speech.wav")
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(REPO / "assets" / "demo.mp4"), "-vn",
-                        "-ac", "1", "-ar", "16000", source], check=True, timeout=60)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(REPO / "assets" / "demo.mp4"),
+                "-vn",
+                "-ac",
+                "1",
+                "-ar",
+                "16000",
+                source,
+            ],
+            check=True,
+            timeout=60,
+        )
     out = d / "events.jsonl"
-    proc = subprocess.run(sentistream_cmd("run", "--source", source, "--pace", "fast", "--view", "none",
-                                          "--jsonl", str(out)),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        sentistream_cmd("run", "--source", source, "--pace", "fast", "--view", "none", "--jsonl", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return request.param, proc, read_jsonl(out) if out.exists() else []
 
 
@@ -73,4 +91,3 @@ def test_only_a_fast_file_replay_is_flow_controlled(pace, kind):
     source = stages["media"] if kind != "webcam" else stages["camera"]
     assert source.inputs == (("events",) if fast_file else ())
     assert stages["fusion"].params.get("complete_windows", False) is fast_file
-

@@ -21,8 +21,8 @@ import time
 
 import pytest
 import zmq
-
 from conftest import read_jsonl, sentistream_cmd
+
 from sentistream.bench.procs import stage_pids
 from sentistream.engine.config import load_config
 from sentistream.engine.messages import MessageError, decode
@@ -64,9 +64,12 @@ class _Lines:
 def test_sigkill_each_stage_restarts_within_1s_and_events_resume(tmp_path, artifacts_dir):
     out = tmp_path / "events.jsonl"
     proc = subprocess.Popen(
-        sentistream_cmd("run", "--source", "demo", "--loop", "--duration", "600", "--jsonl", str(out),
-                        "--view", "none"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        sentistream_cmd(
+            "run", "--source", "demo", "--loop", "--duration", "600", "--jsonl", str(out), "--view", "none"
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     err = _Lines(proc.stderr)
     kills: list[dict] = []
@@ -114,9 +117,14 @@ def test_sigkill_each_stage_restarts_within_1s_and_events_resume(tmp_path, artif
         assert after, f"no event after killing {k['stage']}"
         before = [t for t in emits if t <= k["t_kill_ns"]]
         gap = (after[0] - before[-1]) / 1e9 if before else None
-        report.append({**{x: v for x, v in k.items() if x != "t_kill_ns"}, **restarts.get(k["stage"], {}),
-                       "event_gap_s": round(gap, 3) if gap is not None else None,
-                       "first_event_after_kill_s": round((after[0] - k["t_kill_ns"]) / 1e9, 3)})
+        report.append(
+            {
+                **{x: v for x, v in k.items() if x != "t_kill_ns"},
+                **restarts.get(k["stage"], {}),
+                "event_gap_s": round(gap, 3) if gap is not None else None,
+                "first_event_after_kill_s": round((after[0] - k["t_kill_ns"]) / 1e9, 3),
+            }
+        )
     summary = [line for line in stderr.splitlines() if " events; restarts: " in line][-1]
     (artifacts_dir / "faults.json").write_text(json.dumps({"kills": report, "summary": summary}, indent=2) + "\n")
     print(json.dumps(report, indent=2), summary)
@@ -157,8 +165,9 @@ def test_a_stage_that_keeps_crashing_is_backed_off_and_reported(caplog):
     assert wall >= 0.2 + 0.4 + 0.8 + 1.6
     assert result.restarts == {"crasher": 4}
     crashing = [r.getMessage() for r in caplog.records if "keeps crashing" in r.getMessage()]
-    assert len(crashing) == 3 and all(r.levelno == logging.ERROR for r in caplog.records
-                                      if "keeps crashing" in r.getMessage()), crashing
+    assert len(crashing) == 3 and all(
+        r.levelno == logging.ERROR for r in caplog.records if "keeps crashing" in r.getMessage()
+    ), crashing
 
 
 def test_device_lost_is_logged_and_other_modalities_go_on(tmp_path, caplog):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import zmq
-
 from conftest import sentistream_cmd
+
 from sentistream.engine.backends import EagerBackend, ShapePlan, example_inputs_for, model_fingerprint
 from sentistream.engine.config import FusionConfig
 from sentistream.engine.fusion_client import RemoteFusion
@@ -31,8 +31,15 @@ def model():
 
 
 def _info(model) -> dict:
-    return {"model": "almt", "checkpoint": "", "placeholder": True, "fingerprint": model_fingerprint(model),
-            "dims": list(model.dims), "backend": "eager", "reason": "test"}
+    return {
+        "model": "almt",
+        "checkpoint": "",
+        "placeholder": True,
+        "fingerprint": model_fingerprint(model),
+        "dims": list(model.dims),
+        "backend": "eager",
+        "reason": "test",
+    }
 
 
 def _server(model, **kw) -> FusionServer:
@@ -62,7 +69,7 @@ def test_results_match_local_and_requests_are_batched(model):
                     got[i] = (out, meta)
         assert len(got) == 6
         eager = EagerBackend(model)
-        for i, (out, meta) in got.items():
+        for i, (out, _meta) in got.items():
             ref = eager(xs[i])
             assert torch.allclose(out.score, ref.score, atol=1e-5)
             assert torch.allclose(out.contributions, ref.contributions, atol=1e-5)
@@ -200,9 +207,14 @@ def test_serve_cli_and_live_model_over_the_server(tmp_path):
 
     port = free_tcp_port()
     address = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(sentistream_cmd("serve", "--address", address, "--model", "almt", "--backend", "eager",
-                                            "--max-queue-delay-us", "500"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        sentistream_cmd(
+            "serve", "--address", address, "--model", "almt", "--backend", "eager", "--max-queue-delay-us", "500"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for _ in range(50):
@@ -214,10 +226,19 @@ def test_serve_cli_and_live_model_over_the_server(tmp_path):
         local = _live(encoder, backend="eager")
         remote = _live(encoder, server=address, server_timeout_s=5.0)
         rng = np.random.default_rng(0)
-        window = Window(0.0, 3.0, rng.normal(0, 0.1, (45, local.dims.vision)).astype(np.float32),
-                        np.ones(45, bool), rng.normal(0, 1, (300, local.dims.audio)).astype(np.float32),
-                        context=[WordSpan("what", 0.1, 0.3), WordSpan("a", 0.3, 0.4), WordSpan("great", 0.4, 0.8),
-                                 WordSpan("film", 0.8, 1.2)])
+        window = Window(
+            0.0,
+            3.0,
+            rng.normal(0, 0.1, (45, local.dims.vision)).astype(np.float32),
+            np.ones(45, bool),
+            rng.normal(0, 1, (300, local.dims.audio)).astype(np.float32),
+            context=[
+                WordSpan("what", 0.1, 0.3),
+                WordSpan("a", 0.3, 0.4),
+                WordSpan("great", 0.4, 0.8),
+                WordSpan("film", 0.8, 1.2),
+            ],
+        )
         a, b = remote.predict(window), local.predict(window)
         assert remote.describe()["backend"] == "remote"
         assert abs(a.score - b.score) < 1e-5
@@ -225,7 +246,7 @@ def test_serve_cli_and_live_model_over_the_server(tmp_path):
         other = _live(encoder, server=address)
         torch.nn.init.zeros_(other.model.head.weight)
         with pytest.raises(FatalStageError, match="serves almt"):
-            other.backend
+            _ = other.backend
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         c = remote.predict(window)  # the server is gone: scored locally, same numbers
@@ -241,7 +262,9 @@ def test_a_request_past_its_timeout_is_answered_expired_not_run(model):
     client = _dealer(server.address)
     try:
         x = _window(model, 0)
-        msg = Message("fusion_request", "fusion", 9, now_ns(), 0.0, inputs_to_arrays(x), {"op": "infer", "timeout_ms": 1})
+        msg = Message(
+            "fusion_request", "fusion", 9, now_ns(), 0.0, inputs_to_arrays(x), {"op": "infer", "timeout_ms": 1}
+        )
         client.send_multipart(encode(msg))
         _receive_all(server, 1)
         time.sleep(0.01)

@@ -39,7 +39,9 @@ from sentistream.engine.messages import (
 
 VARIANTS = 10  # decoder inputs per hypothesis example: the case itself + 9 corruptions
 SCALE = float(os.environ.get("FUZZ_SCALE", "1"))  # e.g. FUZZ_SCALE=10 for a longer local run
-EXAMPLES = {k: max(1, int(v * SCALE)) for k, v in {"raw": 3_000, "structured": 4_000, "mutated": 2_000, "json": 1_000}.items()}
+EXAMPLES = {
+    k: max(1, int(v * SCALE)) for k, v in {"raw": 3_000, "structured": 4_000, "mutated": 2_000, "json": 1_000}.items()
+}
 COUNT: dict[str, int] = {k: 0 for k in EXAMPLES}
 
 
@@ -124,12 +126,45 @@ def test_fuzz_raw_frames(frames, seed):
 # Pools of interesting values, drawn by index: far cheaper for hypothesis than nested one_of's.
 
 DTYPES = sorted(ALLOWED_DTYPES) * 3 + ["object", "O", "float16", "complex128", "<f4", "S4", "V8", "", 7, None]
-DIMS = [0, 1, 2, 3, 4, 7, 16, -1, -3, 2**31, 2**63, 2**70, MAX_ARRAY_BYTES, MAX_ARRAY_BYTES + 1, 7680, 4320,
-        1.5, float("nan"), True, None, "3", [2]]
+DIMS = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    7,
+    16,
+    -1,
+    -3,
+    2**31,
+    2**63,
+    2**70,
+    MAX_ARRAY_BYTES,
+    MAX_ARRAY_BYTES + 1,
+    7680,
+    4320,
+    1.5,
+    float("nan"),
+    True,
+    None,
+    "3",
+    [2],
+]
 SHAPES = [[], [0], [1], [4], [2, 3], [1, 1, 3], [0, 2**40], [2, 2, 2, 2], [1, 1, 1, 1, 1], 4, "4", None, {}]
 VALUES = [0, 1, 7, 2**63, 2**70, -1, 1.5, -0.5, float("inf"), float("nan"), True, False, None, "1", [], {}]
-METAS = [{}, {"k": "v"}, {"present": True, "reason": ""}, {"committed": [{"text": "hi"}]}, [], [1], "x", 3, None,
-         {"x": float("nan")}, {"deep": [[[[[[[]]]]]]]}]
+METAS = [
+    {},
+    {"k": "v"},
+    {"present": True, "reason": ""},
+    {"committed": [{"text": "hi"}]},
+    [],
+    [1],
+    "x",
+    3,
+    None,
+    {"x": float("nan")},
+    {"deep": [[[[[[[]]]]]]]},
+]
 TRACES = [{}, {"media": 1}, {"a": 2**70}, {"a": "b"}, {"a": 1.5}, {"a": True}, {"a": None}, [], "x", None]
 
 
@@ -151,7 +186,10 @@ _S = {  # strategies built once: building them inside the composite costs more t
     "value": st.sampled_from(VALUES),
     "meta": st.sampled_from(METAS),
     "trace": st.sampled_from(TRACES),
-    "drop": st.lists(st.sampled_from(["v", "kind", "stream", "seq", "t_capture_ns", "t_media_s", "arrays", "meta", "trace"]), max_size=2),
+    "drop": st.lists(
+        st.sampled_from(["v", "kind", "stream", "seq", "t_capture_ns", "t_media_s", "arrays", "meta", "trace"]),
+        max_size=2,
+    ),
     "extra": st.sampled_from([0, 0, 0, -1, 1]),
     "size": st.integers(0, 64),
     "delta": st.sampled_from([0, 0, 0, -1, 1, -3]),
@@ -248,7 +286,12 @@ _header_text = st.one_of(
 
 
 @_settings("json")
-@given(st.sampled_from([b"audio", b"\xff", b""]), _header_text, st.lists(st.binary(max_size=8), max_size=2), st.integers(0, 2**32))
+@given(
+    st.sampled_from([b"audio", b"\xff", b""]),
+    _header_text,
+    st.lists(st.binary(max_size=8), max_size=2),
+    st.integers(0, 2**32),
+)
 def test_fuzz_header_json(topic, head, buffers, seed):
     _fuzz("json", [topic, head, *buffers], seed)
 
@@ -266,16 +309,30 @@ def test_fuzz_case_count():
 
 
 def _header(arrays, **over):
-    h = {"v": 1, "kind": "audio_chunk", "stream": "audio", "seq": 0, "t_capture_ns": 1, "t_media_s": 0.0,
-         "arrays": arrays, "meta": {}, "trace": {}}
+    h = {
+        "v": 1,
+        "kind": "audio_chunk",
+        "stream": "audio",
+        "seq": 0,
+        "t_capture_ns": 1,
+        "t_media_s": 0.0,
+        "arrays": arrays,
+        "meta": {},
+        "trace": {},
+    }
     h.update(over)
     return json.dumps(h).encode()
 
 
 @pytest.mark.parametrize(
     "shape,dtype",
-    [([2**31, 2**31], "float64"), ([MAX_ARRAY_BYTES], "float64"), ([7680, 4320, 3, 2], "uint8"),
-     ([0, MAX_ARRAY_BYTES, MAX_ARRAY_BYTES], "float64"), ([MAX_ARRAY_BYTES] * 4, "uint8")],
+    [
+        ([2**31, 2**31], "float64"),
+        ([MAX_ARRAY_BYTES], "float64"),
+        ([7680, 4320, 3, 2], "uint8"),
+        ([0, MAX_ARRAY_BYTES, MAX_ARRAY_BYTES], "float64"),
+        ([MAX_ARRAY_BYTES] * 4, "uint8"),
+    ],
 )
 def test_huge_declared_sizes_allocate_nothing(shape, dtype):
     frames = [b"audio", _header([{"dtype": dtype, "shape": shape}]), b"\x00" * 16]
@@ -322,6 +379,10 @@ def test_1x1_and_8k_frames_decode_zero_copy():
         out = decode(frames)
         assert out.arrays[0].shape == (h, w, 3)
         assert np.shares_memory(out.arrays[0], frame) or out.arrays[0].ctypes.data == frame.ctypes.data
-    too_big = [b"video", _header([{"dtype": "uint8", "shape": [4321, 7680, 3]}], kind="video_frame", stream="video"), b""]
+    too_big = [
+        b"video",
+        _header([{"dtype": "uint8", "shape": [4321, 7680, 3]}], kind="video_frame", stream="video"),
+        b"",
+    ]
     with pytest.raises(MessageError, match="exceeds the limit"):
         decode(too_big)

@@ -8,8 +8,8 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import read_jsonl, sentistream_cmd
+
 from sentistream.bench.procs import descendants, pid_alive, stage_pids
 
 HOP = 0.25
@@ -43,7 +43,7 @@ def test_one_event_per_hop_windows_non_decreasing(demo_run, demo_meta):
     assert abs(len([e for e in events if not e.get("final")]) - expected) <= 1, len(events)
     # a closing event flagged "final" may repeat the last window to carry late words
     hops = [e for e in events if not e.get("final")]
-    assert len(events) - len(hops) <= 1 and all(e.get("final") for e in events[len(hops):])
+    assert len(events) - len(hops) <= 1 and all(e.get("final") for e in events[len(hops) :])
     t1 = [e["window"]["t1"] for e in hops]
     assert all(b - a == pytest.approx(HOP, abs=1e-6) for a, b in zip(t1, t1[1:])), t1
     t0 = [e["window"]["t0"] for e in events]
@@ -93,7 +93,9 @@ def test_low_latency_profile_ends_a_window_at_every_frame(tmp_path, demo_meta):
     out = tmp_path / "events.jsonl"
     proc = subprocess.run(
         sentistream_cmd("run", "--source", "demo", "--config", "low_latency", "--jsonl", str(out), "--view", "none"),
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = read_jsonl(out)

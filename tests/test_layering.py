@@ -13,21 +13,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 #: part -> the files / folders (relative to the package root) it is made of.
 LAYERS: dict[str, tuple[str, ...]] = {
     "Config": ("engine/config.py", "configs/"),
     "Perception": ("perception/",),
-    "Bus": ("engine/messages.py", "engine/stage.py", "engine/worker.py", "engine/supervisor.py",
-            "engine/security.py", "engine/protocol.py", "engine/windowing.py", "pipelines/definition.py"),
+    "Bus": (
+        "engine/messages.py",
+        "engine/stage.py",
+        "engine/worker.py",
+        "engine/supervisor.py",
+        "engine/security.py",
+        "engine/protocol.py",
+        "engine/windowing.py",
+        "pipelines/definition.py",
+    ),
     "Models": ("models/",),
-    "Serving": ("engine/backends.py", "engine/rpc.py", "engine/fusion_wire.py", "engine/fusion_client.py",
-                "engine/fusion_server.py", "engine/asr_server.py", "engine/live_backend.py"),
+    "Serving": (
+        "engine/backends.py",
+        "engine/rpc.py",
+        "engine/fusion_wire.py",
+        "engine/fusion_client.py",
+        "engine/fusion_server.py",
+        "engine/asr_server.py",
+        "engine/live_backend.py",
+    ),
     "Stages": ("engine/stages/",),
-    "App": ("cli.py", "client.py", "engine/dashboard.py", "engine/view.py", "engine/doctor.py", "pipelines/standard.py",
-            "pipelines/__init__.py"),
+    "App": (
+        "cli.py",
+        "client.py",
+        "engine/dashboard.py",
+        "engine/view.py",
+        "engine/doctor.py",
+        "pipelines/standard.py",
+        "pipelines/__init__.py",
+    ),
     "Bench": ("bench/",),
     "Shared": ("provenance.py", "__init__.py", "engine/__init__.py", "assets/"),
 }
@@ -62,9 +83,12 @@ class Import:
 
 
 def package_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.py")
-                  if not (set(p.relative_to(root).parts[:-1]) & SKIP_DIRS)
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(
+        p
+        for p in root.rglob("*.py")
+        if not (set(p.relative_to(root).parts[:-1]) & SKIP_DIRS)
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def _module_file(root: Path, parts: list[str]) -> str | None:
@@ -206,16 +230,20 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_the_checker_finds_a_wrong_import_and_a_cycle(tmp_path):
-    root = _tree(tmp_path, {
-        "__init__.py": "",
-        "models/__init__.py": "",
-        "models/live.py": "def f():\n    from ..engine.backends import select_backend\n",
-        "engine/__init__.py": "",
-        "engine/backends.py": "from ..models.live import f\n",
-        "perception/asr.py": "from sentistream.engine import stage\n",
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "models/__init__.py": "",
+            "models/live.py": "def f():\n    from ..engine.backends import select_backend\n",
+            "engine/__init__.py": "",
+            "engine/backends.py": "from ..models.live import f\n",
+            "perception/asr.py": "from sentistream.engine import stage\n",
+        },
+    )
     imports, absolute = internal_imports(root)
     assert absolute == ["perception/asr.py:1"]
     assert broken_rules(imports) == [
-        "models/live.py:2 imports engine/backends.py (Models -> Serving: the live model is handed its backend)"]
+        "models/live.py:2 imports engine/backends.py (Models -> Serving: the live model is handed its backend)"
+    ]
     assert cycles(imports) == [["engine/backends.py", "models/live.py"]]

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import read_jsonl, sentistream_cmd
 
 ASOUNDRC = """
@@ -30,7 +29,10 @@ def test_missing_microphone_is_one_clear_line(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}  # no .asoundrc: no such device
     proc = subprocess.run(
         sentistream_cmd("run", "--source", "none", "--mic", "no-such-microphone"),
-        capture_output=True, text=True, timeout=60, env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
     )
     assert proc.returncode == 3
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -42,9 +44,13 @@ def alsa_home(tmp_path) -> Path:
     """A HOME whose ALSA default capture device plays an espeak-ng sentence (not paced)."""
     wav = tmp_path / "speech.wav"
     raw = tmp_path / "speech.raw"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav),
-                    "I really love this movie, it is wonderful."], check=True)
-    subprocess.run(["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", str(raw)], check=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), "I really love this movie, it is wonderful."],
+        check=True,
+    )
+    subprocess.run(
+        ["sox", str(wav), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", str(raw)], check=True
+    )
     (tmp_path / ".asoundrc").write_text(ASOUNDRC.format(raw=raw))
     return tmp_path
 
@@ -53,9 +59,13 @@ def test_microphone_session_transcribes_real_speech(alsa_home, tmp_path):
     out = tmp_path / "events.jsonl"
     env = {**os.environ, "HOME": str(alsa_home)}
     proc = subprocess.run(
-        sentistream_cmd("run", "--source", "none", "--mic", "default", "--duration", "6",
-                        "--jsonl", str(out), "--view", "none"),
-        capture_output=True, text=True, timeout=240, env=env,
+        sentistream_cmd(
+            "run", "--source", "none", "--mic", "default", "--duration", "6", "--jsonl", str(out), "--view", "none"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = read_jsonl(out)

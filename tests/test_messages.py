@@ -39,8 +39,17 @@ def test_encode_refuses_object_arrays_and_unknown_kinds():
 
 
 def _header(**over):
-    h = {"v": 1, "kind": "audio_chunk", "stream": "audio", "seq": 0, "t_capture_ns": 1, "t_media_s": 0.0,
-         "arrays": [{"dtype": "float32", "shape": [4]}], "meta": {}, "trace": {}}
+    h = {
+        "v": 1,
+        "kind": "audio_chunk",
+        "stream": "audio",
+        "seq": 0,
+        "t_capture_ns": 1,
+        "t_media_s": 0.0,
+        "arrays": [{"dtype": "float32", "shape": [4]}],
+        "meta": {},
+        "trace": {},
+    }
     h.update(over)
     return json.dumps(h).encode()
 

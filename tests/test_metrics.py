@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from sentistream.models.metrics import (MOSI_KEYS, SIMS_KEYS, regression_metrics,
-                                        regression_metrics_mosei, regression_metrics_mosi,
-                                        regression_metrics_sims)
+from sentistream.models.metrics import (
+    MOSI_KEYS,
+    SIMS_KEYS,
+    regression_metrics,
+    regression_metrics_mosei,
+    regression_metrics_mosi,
+    regression_metrics_sims,
+)
 
 # ---------------------------------------------------------------------------------------- MOSI
 # true = [2.6, -1.4, 0.0, 0.4, -3.5, 1.5]

@@ -8,10 +8,23 @@ import os
 import pytest
 import torch
 
-from sentistream.models import (DEFAULT_DIMS, FusionInputs, ModalityDims, available, build,
-                                build_from_config, lengths_to_mask, load_checkpoint, load_config,
-                                load_hparams, load_train_config, masked_mean,
-                                read_checkpoint_metadata, save_checkpoint, task_loss)
+from sentistream.models import (
+    DEFAULT_DIMS,
+    FusionInputs,
+    ModalityDims,
+    available,
+    build,
+    build_from_config,
+    lengths_to_mask,
+    load_checkpoint,
+    load_config,
+    load_hparams,
+    load_train_config,
+    masked_mean,
+    read_checkpoint_metadata,
+    save_checkpoint,
+    task_loss,
+)
 from sentistream.models.base import last_valid, normalise_contributions, reverse_padded
 from sentistream.models.layers import MaskedBiLSTM, grad_reverse
 from sentistream.models.registry import default_hparams
@@ -29,11 +42,9 @@ LENGTHS = {"text": [7, 3, 1], "audio": [11, 0, 4], "vision": [5, 2, 1]}
 def make_batch(seed: int = 0, labels: bool = True) -> FusionInputs:
     g = torch.Generator().manual_seed(seed)
     b = 3
-    seqs = [torch.randn(b, max(LENGTHS[m]), d, generator=g) for m, d in
-            zip(("text", "audio", "vision"), DIMS)]
+    seqs = [torch.randn(b, max(LENGTHS[m]), d, generator=g) for m, d in zip(("text", "audio", "vision"), DIMS)]
     y = torch.tensor([1.8, -2.2, 0.4]) if labels else None
-    return FusionInputs.from_lengths(*seqs, *(torch.tensor(LENGTHS[m]) for m in
-                                              ("text", "audio", "vision")), labels=y)
+    return FusionInputs.from_lengths(*seqs, *(torch.tensor(LENGTHS[m]) for m in ("text", "audio", "vision")), labels=y)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -142,23 +153,25 @@ def test_padding_does_not_leak(name, models):
             seqs, lens = [], []
             for m, seq in zip(("text", "audio", "vision"), x.sequences()):
                 n = LENGTHS[m][i]
-                seqs.append(seq[i:i + 1, :max(n, 1)])
+                seqs.append(seq[i : i + 1, : max(n, 1)])
                 lens.append(torch.tensor([n]))
             one = model(FusionInputs.from_lengths(*seqs, *lens))
-            assert torch.allclose(one.score, full.score[i:i + 1], atol=1e-4), (i, one.score, full.score)
-            assert torch.allclose(one.contributions, full.contributions[i:i + 1], atol=1e-4)
+            assert torch.allclose(one.score, full.score[i : i + 1], atol=1e-4), (i, one.score, full.score)
+            assert torch.allclose(one.contributions, full.contributions[i : i + 1], atol=1e-4)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_per_utterance_vectors_and_missing_modalities(name, models):
     model = models[name]
     g = torch.Generator().manual_seed(3)
-    present = torch.tensor([[True, True, True], [True, True, False], [False, False, False],
-                            [False, True, True]])
-    x = FusionInputs.from_vectors(torch.randn(4, DIMS.text, generator=g),
-                                  torch.randn(4, DIMS.audio, generator=g),
-                                  torch.randn(4, DIMS.vision, generator=g), present=present,
-                                  labels=torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    present = torch.tensor([[True, True, True], [True, True, False], [False, False, False], [False, True, True]])
+    x = FusionInputs.from_vectors(
+        torch.randn(4, DIMS.text, generator=g),
+        torch.randn(4, DIMS.audio, generator=g),
+        torch.randn(4, DIMS.vision, generator=g),
+        present=present,
+        labels=torch.tensor([0.5, -1.0, 2.0, 0.0]),
+    )
     assert x.text.shape == (4, 1, DIMS.text)
     model.eval()
     with torch.no_grad():
@@ -194,10 +207,16 @@ def test_checkpoint_round_trip(name, models, tmp_path):
 
 # ------------------------------------------------------------------------------ learning
 SMALL = {  # small widths so 150 full-batch steps take a few seconds on one CPU thread
-    "tfn": dict(text_hidden=16, text_out=8, audio_hidden=4, vision_hidden=4, post_fusion_dim=32,
-                dropout=0.0, post_fusion_dropout=0.0),
-    "lmf": dict(text_hidden=16, text_out=8, audio_hidden=4, vision_hidden=4, dropout=0.0,
-                post_fusion_dropout=0.0),
+    "tfn": dict(
+        text_hidden=16,
+        text_out=8,
+        audio_hidden=4,
+        vision_hidden=4,
+        post_fusion_dim=32,
+        dropout=0.0,
+        post_fusion_dropout=0.0,
+    ),
+    "lmf": dict(text_hidden=16, text_out=8, audio_hidden=4, vision_hidden=4, dropout=0.0, post_fusion_dropout=0.0),
     "almt": dict(d=32, heads=4, dim_head=8, ahl_dim_head=8, mlp_dim=32, dropout=0.0),
 }
 
@@ -208,10 +227,19 @@ def test_tiny_overfit(name):
     model = build_from_config(name, ModalityDims(16, 8, 8), **SMALL[name])
     g = torch.Generator().manual_seed(5)
     n = 8
-    lens = {"t": torch.tensor([5, 3, 4, 1, 2, 5, 4, 3]), "a": torch.tensor([6, 2, 0, 6, 3, 1, 4, 5]),
-            "v": torch.tensor([3, 3, 1, 2, 3, 3, 2, 1])}
-    x = FusionInputs.from_lengths(torch.randn(n, 5, 16, generator=g), torch.randn(n, 6, 8, generator=g),
-                                  torch.randn(n, 3, 8, generator=g), lens["t"], lens["a"], lens["v"])
+    lens = {
+        "t": torch.tensor([5, 3, 4, 1, 2, 5, 4, 3]),
+        "a": torch.tensor([6, 2, 0, 6, 3, 1, 4, 5]),
+        "v": torch.tensor([3, 3, 1, 2, 3, 3, 2, 1]),
+    }
+    x = FusionInputs.from_lengths(
+        torch.randn(n, 5, 16, generator=g),
+        torch.randn(n, 6, 8, generator=g),
+        torch.randn(n, 3, 8, generator=g),
+        lens["t"],
+        lens["a"],
+        lens["v"],
+    )
     y = torch.linspace(-2.5, 2.5, n)[torch.randperm(n, generator=g)]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
@@ -232,8 +260,18 @@ def test_tiny_overfit(name):
 # ------------------------------------------------------------------------------ model specifics
 def test_kuda_stages_and_ratio():
     torch.manual_seed(0)
-    model = build("kuda", ModalityDims(16, 8, 8), enc_dim=32, enc_layers=2, hidden=32, ffn=64,
-                  fusion_layers=1, heads=4, enc_heads=4, adapter_heads=2)
+    model = build(
+        "kuda",
+        ModalityDims(16, 8, 8),
+        enc_dim=32,
+        enc_layers=2,
+        hidden=32,
+        ffn=64,
+        fusion_layers=1,
+        heads=4,
+        enc_heads=4,
+        adapter_heads=2,
+    )
     x = make_batch_small()
     # ratio: eval -> 1 for present modalities; train with labels -> mean 1 over present ones
     model.eval()
@@ -245,8 +283,7 @@ def test_kuda_stages_and_ratio():
     p = x.present().float()
     assert torch.allclose((r * p).sum(-1), p.sum(-1)) and (r[~x.present()] == 0).all()
 
-    fusion_params = [p for n, p in model.named_parameters()
-                     if not n.startswith(("encoders.", "decoders."))]
+    fusion_params = [p for n, p in model.named_parameters() if not n.startswith(("encoders.", "decoders."))]
     model.set_stage(1)
     out = model(x)
     assert not any(p.requires_grad for p in fusion_params)
@@ -271,10 +308,15 @@ def test_kuda_stages_and_ratio():
 
 def make_batch_small() -> FusionInputs:
     g = torch.Generator().manual_seed(9)
-    return FusionInputs.from_lengths(torch.randn(3, 4, 16, generator=g), torch.randn(3, 5, 8, generator=g),
-                                     torch.randn(3, 2, 8, generator=g), torch.tensor([4, 2, 1]),
-                                     torch.tensor([5, 0, 3]), torch.tensor([2, 2, 1]),
-                                     labels=torch.tensor([1.0, -1.5, 0.2]))
+    return FusionInputs.from_lengths(
+        torch.randn(3, 4, 16, generator=g),
+        torch.randn(3, 5, 8, generator=g),
+        torch.randn(3, 2, 8, generator=g),
+        torch.tensor([4, 2, 1]),
+        torch.tensor([5, 0, 3]),
+        torch.tensor([2, 2, 1]),
+        labels=torch.tensor([1.0, -1.5, 0.2]),
+    )
 
 
 def test_msfn_losses_are_reported_separately():
@@ -300,8 +342,10 @@ def test_mask_helpers():
     assert last_valid(x, m).view(-1).tolist() == [1.0, 0.0, 10.0]
     r = reverse_padded(x, m).view(3, 4).tolist()
     assert r == [[1, 0, 2, 3], [4, 5, 6, 7], [10, 9, 8, 11]]
-    c = normalise_contributions(torch.tensor([[1.0, 3.0, 4.0], [0.0, 0.0, 0.0], [2.0, 2.0, 5.0]]),
-                                torch.tensor([[True, True, False], [True, False, True], [False] * 3]))
+    c = normalise_contributions(
+        torch.tensor([[1.0, 3.0, 4.0], [0.0, 0.0, 0.0], [2.0, 2.0, 5.0]]),
+        torch.tensor([[True, True, False], [True, False, True], [False] * 3]),
+    )
     assert torch.allclose(c, torch.tensor([[0.25, 0.75, 0.0], [0.5, 0.0, 0.5], [1 / 3] * 3]))
 
 

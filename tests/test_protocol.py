@@ -13,6 +13,7 @@ from importlib import resources
 
 import pytest
 from conftest import REPO, read_jsonl, sentistream_cmd
+
 from sentistream.engine.protocol import EVENT_SCHEMA, load_event_schema, validate_event
 from sentistream.engine.supervisor import free_tcp_port
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-
 from conftest import REPO, interrupt_and_reap, read_jsonl, sentistream_cmd
+
 from sentistream.bench.procs import cmdline, descendants, stage_pids
 from sentistream.engine.config import ConfigError, load_config
 from sentistream.engine.messages import decode
@@ -83,7 +83,7 @@ def _config(tmp_path, body: str) -> Path:
         '[transport]\ntransport = "tcp"\nbind_host = "0.0.0.0"\n',
         '[transport]\ntransport = "tcp"\nbind_host = "192.168.1.10"\n',
         '[transport]\nevents_address = "tcp://0.0.0.0:5557"\n',
-        '[transport]\ncurve = true\n',
+        "[transport]\ncurve = true\n",
     ],
 )
 def test_non_loopback_without_keys_is_refused_naming_the_key(tmp_path, body):
@@ -98,8 +98,9 @@ def test_non_loopback_without_keys_is_refused_naming_the_key(tmp_path, body):
 
 def test_non_loopback_with_keys_is_accepted_and_uses_curve(tmp_path, keys_dir):
     # only validated, never bound
-    cfg = load_config(_config(tmp_path, f'[transport]\ntransport = "tcp"\nbind_host = "0.0.0.0"\n'
-                                        f'curve_keys_dir = "{keys_dir}"\n'))
+    cfg = load_config(
+        _config(tmp_path, f'[transport]\ntransport = "tcp"\nbind_host = "0.0.0.0"\ncurve_keys_dir = "{keys_dir}"\n')
+    )
     assert cfg.transport.uses_curve()
     empty = tmp_path / "nokeys"
     empty.mkdir()
@@ -128,7 +129,7 @@ def _listening_addresses(pids: list[int]) -> list[str]:
             if f[3] == "0A" and f[9] in inodes:  # LISTEN
                 addr = f[1].split(":")[0]
                 if width == 8:
-                    out.append(".".join(str(int(addr[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+                    out.append(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
                 else:
                     out.append("v6:" + addr)
     return out
@@ -162,9 +163,25 @@ def test_curve_run_refuses_peers_without_the_right_keys(tmp_path, keys_dir):
     conf = _config(tmp_path, f'[transport]\ntransport = "tcp"\ncurve = true\ncurve_keys_dir = "{keys_dir}"\n')
     events_address = f"tcp://127.0.0.1:{free_tcp_port()}"
     proc = subprocess.Popen(
-        sentistream_cmd("run", "--source", "demo", "--loop", "--duration", "300", "--config", str(conf),
-                        "--events", events_address, "--jsonl", str(out), "--view", "none"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        sentistream_cmd(
+            "run",
+            "--source",
+            "demo",
+            "--loop",
+            "--duration",
+            "300",
+            "--config",
+            str(conf),
+            "--events",
+            events_address,
+            "--jsonl",
+            str(out),
+            "--view",
+            "none",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     socks = []
     try:
@@ -210,8 +227,20 @@ def test_curve_run_refuses_peers_without_the_right_keys(tmp_path, keys_dir):
 
 # ---- nothing from a socket is unpickled or evaluated -------------------------------------------------
 
-FORBIDDEN_NAMES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "jsonpickle", "cloudpickle",
-                   "recv_pyobj", "send_pyobj", "recv_serialized", "literal_eval"}
+FORBIDDEN_NAMES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "marshal",
+    "shelve",
+    "dill",
+    "jsonpickle",
+    "cloudpickle",
+    "recv_pyobj",
+    "send_pyobj",
+    "recv_serialized",
+    "literal_eval",
+}
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__"}  # the builtins, not methods such as model.eval()
 
 
@@ -224,14 +253,19 @@ def _socket_modules() -> list[Path]:
         if rel[0] in (".venv", "tests", "build") or "site-packages" in rel:
             continue
         text = path.read_text(errors="replace")
-        if rel[0] == "engine" or re.search(r"\bimport zmq\b|\bfrom zmq\b|\bwebsockets?\b|\bimport socket\b|\brecv", text):
+        if rel[0] == "engine" or re.search(
+            r"\bimport zmq\b|\bfrom zmq\b|\bwebsockets?\b|\bimport socket\b|\brecv", text
+        ):
             out.append(path)
     return out
 
 
 def _violations(path: Path) -> list[str]:
-    toks = [t for t in tokenize.generate_tokens(path.open().readline)
-            if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.STRING)]
+    toks = [
+        t
+        for t in tokenize.generate_tokens(path.open().readline)
+        if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.STRING)
+    ]
     bad = []
     for i, t in enumerate(toks):
         prev = toks[i - 1].string if i else ""

@@ -7,7 +7,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import sentistream_cmd
 
 
@@ -15,7 +14,9 @@ from conftest import sentistream_cmd
 def test_bench_soak_writes_rss_latency_and_missed_hops(tmp_path):
     proc = subprocess.run(
         sentistream_cmd("bench", "soak", "--minutes", "0.5", "--interval", "2", "--out", str(tmp_path)),
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "soak.json").read_text())

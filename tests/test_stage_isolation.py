@@ -3,76 +3,51 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-import zmq
 
-from sentistream.engine.config import EngineConfig
+from sentistream.engine.harness import IsolatedStage
 from sentistream.engine.messages import Message, decode, now_ns
-from sentistream.engine.stage import StageSpec
-
-
-def _free(ctx, kind):
-    s = ctx.socket(kind)
-    port = s.bind_to_random_port("tcp://127.0.0.1")
-    return s, f"tcp://127.0.0.1:{port}"
 
 
 @pytest.fixture
 def face_stage():
     from skimage.data import astronaut
 
-    ctx = zmq.Context.instance()
-    feed, feed_addr = _free(ctx, zmq.PUB)
-    control, control_addr = _free(ctx, zmq.PULL)
-    command, command_addr = _free(ctx, zmq.PUB)
-    probe = ctx.socket(zmq.PUB)
-    out_port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)
-    out_addr = f"tcp://127.0.0.1:{out_port}"
-    spec = StageSpec(
-        name="face",
-        kind="face",
-        inputs={"video": feed_addr},
-        output_address=out_addr,
-        control_address=control_addr,
-        command_address=command_addr,
-        config=EngineConfig().to_dict(),
-        params={"outputs": ["face"]},
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "sentistream.engine.worker", spec.to_json()])
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"face")
-    sub.connect(out_addr)
-    deadline = time.monotonic() + 120
-    ready = False
-    while time.monotonic() < deadline and not ready:
-        if control.poll(500):
-            ready = json.loads(control.recv()).get("type") == "ready"
-    assert ready, "face stage never became ready"
-    time.sleep(0.3)
+    stage = IsolatedStage("face", "video", "face", capture_stderr=False)
     frame = np.zeros((480, 640, 3), np.uint8)
     frame[:, 64:576] = astronaut()[:480]
-    yield proc, feed, sub, control, frame
-    proc.terminate()
-    proc.wait(10)
-    for s in (feed, control, command, sub):
-        s.close(linger=0)
+    yield stage.proc, stage.feed, stage.sub, stage.control, frame
+    stage.close()
 
 
 def test_malformed_message_is_logged_dropped_and_stage_goes_on(face_stage):
     proc, feed, sub, control, frame = face_stage
     garbage = [
         [b"video", b"this is not json"],
-        [b"video", json.dumps({"v": 1, "kind": "video_frame", "stream": "video", "seq": 0, "t_capture_ns": 1,
-                               "t_media_s": 0.0, "arrays": [{"dtype": "uint8", "shape": [480, 640, 3]}]}).encode(),
-         b"short"],
-        [b"video", b'{"v":1,"kind":"video_frame","stream":"video","seq":0,"t_capture_ns":1,"t_media_s":0,'
-                   b'"arrays":[{"dtype":"object","shape":[1]}]}', b"x"],
+        [
+            b"video",
+            json.dumps(
+                {
+                    "v": 1,
+                    "kind": "video_frame",
+                    "stream": "video",
+                    "seq": 0,
+                    "t_capture_ns": 1,
+                    "t_media_s": 0.0,
+                    "arrays": [{"dtype": "uint8", "shape": [480, 640, 3]}],
+                }
+            ).encode(),
+            b"short",
+        ],
+        [
+            b"video",
+            b'{"v":1,"kind":"video_frame","stream":"video","seq":0,"t_capture_ns":1,"t_media_s":0,'
+            b'"arrays":[{"dtype":"object","shape":[1]}]}',
+            b"x",
+        ],
     ]
     for g in garbage:
         feed.send_multipart(g)
@@ -96,3 +71,31 @@ def test_malformed_message_is_logged_dropped_and_stage_goes_on(face_stage):
             if body.get("type") == "stats":
                 malformed = body["counters"]["malformed"]
     assert malformed == 3
+
+
+# --------------------------------------------------------------------------- in process
+def _chunks(seconds: float, t0: float = 0.0, sr: int = 16000, chunk: int = 1600) -> list[Message]:
+    signal = (0.1 * np.sin(2 * np.pi * 220 * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+    return [
+        Message("audio_chunk", "audio", i, now_ns(), t0 + i * chunk / sr, [signal[i * chunk : (i + 1) * chunk]])
+        for i in range(len(signal) // chunk)
+    ]
+
+
+def test_run_stage_drives_the_audio_feature_stage_in_process():
+    """run_stage: the stage's own hooks, no sockets; a gap in the media clock restarts the frame
+    grid instead of stitching two chunks into one frame, and eos flushes then forwards."""
+    from sentistream.engine.harness import run_stage, stage_spec
+    from sentistream.engine.stages.audio_features import AudioFeatureStage
+
+    stage = AudioFeatureStage(stage_spec("audio_features", inputs=["audio"], outputs=["audio_feat"]))
+    inputs = _chunks(1.0) + _chunks(0.5, t0=5.0) + [Message("eos", "audio", 0, now_ns(), 5.5)]
+    run = run_stage(stage, inputs)
+    feats = run.of_kind("audio_features")
+    assert [m.kind for m in run.published][-1] == "eos" and run.published[-1].stream == "audio_feat"
+    times = np.concatenate([m.arrays[1] for m in feats])
+    assert np.all(np.diff(times) > 0)  # frames in order, none repeated
+    assert times.min() < 0.05 and times.max() > 5.4  # the first chunk's frames and the flushed tail
+    assert not np.any((times > 1.05) & (times < 5.0))  # nothing invented in the gap
+    assert feats[0].arrays[0].shape[1] == stage.extractor.dim
+    assert run.counters["errors"] == 0 and run.counters["received"] == len(inputs) - 1

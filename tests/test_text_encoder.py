@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+
 from sentistream.perception.text import (
     TextEncoder,
     TextEncoderOptions,

@@ -8,13 +8,19 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, sentistream_cmd
 
 CSV = REPO.parent / "shared" / "data" / "mosi" / "mosi_transcripts.csv"
-TEXTS = ["this movie was absolutely wonderful", "it was boring and a total waste of time",
-         "the acting was great", "i hated every minute", "what a lovely story", "terrible plot",
-         "i really enjoyed it", "not good at all"]
+TEXTS = [
+    "this movie was absolutely wonderful",
+    "it was boring and a total waste of time",
+    "the acting was great",
+    "i hated every minute",
+    "what a lovely story",
+    "terrible plot",
+    "i really enjoyed it",
+    "not good at all",
+]
 LABELS = np.array([2.5, -2.5, 2.0, -3.0, 2.2, -2.0, 1.8, -1.5], np.float32)
 
 
@@ -25,8 +31,9 @@ def finetuned(tmp_path_factory):
     from sentistream.perception.text import save_finetune
 
     data = LabelledTexts(TEXTS, LABELS)
-    res = finetune_text_encoder([data], {"ref": data}, {"ref": data},
-                                TextFinetuneConfig(train_layers=1, epochs=2, lr=1e-3, batch_size=4))
+    res = finetune_text_encoder(
+        [data], {"ref": data}, {"ref": data}, TextFinetuneConfig(train_layers=1, epochs=2, lr=1e-3, batch_size=4)
+    )
     path = tmp_path_factory.mktemp("ft") / "text_ft.safetensors"
     sha = save_finetune(res.encoder, res.trained_prefixes, path, {"note": "test"})
     return path, sha, res
@@ -70,8 +77,11 @@ def test_foreign_or_broken_files_are_refused(tmp_path):
     from sentistream.perception.text import FINETUNE_FORMAT, TextEncoder, TextEncoderOptions
 
     misfit = tmp_path / "misfit.safetensors"
-    save_file({"encoder.layer.0.attention.self.query.weight": torch.zeros(2, 2)}, str(misfit),
-              metadata={"format": FINETUNE_FORMAT})
+    save_file(
+        {"encoder.layer.0.attention.self.query.weight": torch.zeros(2, 2)},
+        str(misfit),
+        metadata={"format": FINETUNE_FORMAT},
+    )
     with pytest.raises(ValueError, match="do not fit"):
         TextEncoder(TextEncoderOptions(finetune=str(misfit)))
     other = tmp_path / "other.safetensors"
@@ -104,8 +114,12 @@ def _live(ckpt, encoder):
     from sentistream.perception.audio_features import feature_dim
     from sentistream.perception.face import FACE_FEATURE_DIM
 
-    return LiveModel(FusionConfig(checkpoint=str(ckpt), backend="eager"), encoder,
-                     vision_dim=FACE_FEATURE_DIM, audio_dim=feature_dim())
+    return LiveModel(
+        FusionConfig(checkpoint=str(ckpt), backend="eager"),
+        encoder,
+        vision_dim=FACE_FEATURE_DIM,
+        audio_dim=feature_dim(),
+    )
 
 
 def test_live_model_brings_its_text_encoder_layers(finetuned, tmp_path):
@@ -163,10 +177,29 @@ def test_shipped_checkpoint_and_its_text_layers_agree():
 def test_train_text_cli_writes_a_loadable_file(tmp_path):
     out = tmp_path / "ft.safetensors"
     cache = tmp_path / "cache"
-    proc = subprocess.run(sentistream_cmd("train-text", "--limit", "24", "--epochs", "1", "--layers", "1",
-                                          "--no-asr-augment", "--threads", "1", "--out", str(out),
-                                          "--crossfit", "2", "--cache-dir", str(cache)),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        sentistream_cmd(
+            "train-text",
+            "--limit",
+            "24",
+            "--epochs",
+            "1",
+            "--layers",
+            "1",
+            "--no-asr-augment",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--crossfit",
+            "2",
+            "--cache-dir",
+            str(cache),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote" in proc.stdout and "valid ref" in proc.stdout
     from sentistream.perception.text import read_finetune
@@ -230,8 +263,11 @@ def test_out_of_fold_encoding_uses_the_encoder_that_never_saw_the_video(finetune
     shutil.copyfile(path, fdir / "fold0.safetensors")
     plain = TextEncoder(TextEncoderOptions(cache_size=0))
     sha1 = save_finetune(plain.model, ["encoder.layer.5."], fdir / "fold1.safetensors")  # = the base layers
-    cf = {"folds": 2, "video_fold": {"a": 0, "b": 1},
-          "files": [{"file": "k/fold0.safetensors", "sha256": sha}, {"file": "k/fold1.safetensors", "sha256": sha1}]}
+    cf = {
+        "folds": 2,
+        "video_fold": {"a": 0, "b": 1},
+        "files": [{"file": "k/fold0.safetensors", "sha256": sha}, {"file": "k/fold1.safetensors", "sha256": sha1}],
+    }
     texts, vids = TEXTS[:4], ["a", "b", "a", "b"]
     store, pooled = out_of_fold_encode(texts, vids, cf, tmp_path, progress=False)
     tuned = TextEncoder(TextEncoderOptions(cache_size=0, finetune=str(path)))
@@ -250,14 +286,19 @@ def test_run_with_text_layers_the_model_was_not_trained_on_stops_with_the_reason
     from sentistream.models.live import shipped_checkpoint_path
     from sentistream.models.registry import read_checkpoint_metadata
 
-    if not shipped_checkpoint_path().is_file() or not read_checkpoint_metadata(
-            shipped_checkpoint_path())["meta"].get("text_finetune"):
+    if not shipped_checkpoint_path().is_file() or not read_checkpoint_metadata(shipped_checkpoint_path())["meta"].get(
+        "text_finetune"
+    ):
         pytest.skip("the shipped model has no fine-tuned text layers")
     path, _, _ = finetuned
     cfg = tmp_path / "wrong.toml"
     cfg.write_text(f'[text]\nfinetune = "{path}"\n')
-    proc = subprocess.run(sentistream_cmd("run", "--source", "demo", "--duration", "3", "--view", "none",
-                                          "--config", str(cfg)), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        sentistream_cmd("run", "--source", "demo", "--duration", "3", "--view", "none", "--config", str(cfg)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is not the text encoder" in errors[0] and str(path) in errors[0], errors

@@ -6,7 +6,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import REPO, sentistream_cmd
 
 NPZ = REPO.parent / "shared" / "data" / "mosi" / "mosi_utterances.npz"
@@ -16,12 +15,15 @@ NPZ = REPO.parent / "shared" / "data" / "mosi" / "mosi_utterances.npz"
 def test_train_lmf_on_mosi_npz_writes_a_checkpoint(tmp_path):
     out = tmp_path / "lmf.safetensors"
     proc = subprocess.run(
-        sentistream_cmd("train", "--model", "lmf", "--data", str(NPZ), "--seeds", "0", "--epochs", "2",
-                        "--out", str(out)),
-        capture_output=True, text=True, timeout=300,
+        sentistream_cmd(
+            "train", "--model", "lmf", "--data", str(NPZ), "--seeds", "0", "--epochs", "2", "--out", str(out)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert summary["test"]["acc2_non0"] > 0.6 and "acc2_non0_std" in summary["test"]
     from sentistream.models.registry import load_checkpoint
 
@@ -30,6 +32,7 @@ def test_train_lmf_on_mosi_npz_writes_a_checkpoint(tmp_path):
 
 
 def test_train_refuses_unknown_model():
-    proc = subprocess.run(sentistream_cmd("train", "--model", "nope", "--data", "x.npz"),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        sentistream_cmd("train", "--model", "nope", "--data", "x.npz"), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "available" in proc.stderr

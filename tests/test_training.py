@@ -14,8 +14,19 @@ from sentistream.models.base import FusionInputs, ModalityDims
 
 MOSI_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "mosi" / "mosi_utterances.npz"
 
-TINY_ALMT = dict(d=16, tokens=2, heads=2, dim_head=8, ahl_dim_head=8, ahl_layers=2, embed_depth=1,
-                 fusion_depth=1, mlp_dim=16, dropout=0.0, max_len=16)
+TINY_ALMT = dict(
+    d=16,
+    tokens=2,
+    heads=2,
+    dim_head=8,
+    ahl_dim_head=8,
+    ahl_layers=2,
+    embed_depth=1,
+    fusion_depth=1,
+    mlp_dim=16,
+    dropout=0.0,
+    max_len=16,
+)
 
 
 def _synthetic_split(n: int, dims: ModalityDims, seed: int, max_len: int = 5) -> data.SplitData:
@@ -27,19 +38,31 @@ def _synthetic_split(n: int, dims: ModalityDims, seed: int, max_len: int = 5) ->
         for m, d in zip(("text", "audio", "vision"), dims):
             seqs[m].append(rng.normal(size=(int(rng.integers(1, max_len + 1)), d)).astype(np.float32))
         labels.append(float(np.clip(2.0 * np.tanh(seqs["text"][-1].mean(0) @ w), -3, 3)))
-    return data.SplitData(*(data.SequenceStore.from_list(seqs[m], d) for m, d in
-                            zip(("text", "audio", "vision"), dims)),
-                          np.array(labels, np.float32), np.array([f"v{i // 4}_{i}" for i in range(n)]))
+    return data.SplitData(
+        *(data.SequenceStore.from_list(seqs[m], d) for m, d in zip(("text", "audio", "vision"), dims)),
+        np.array(labels, np.float32),
+        np.array([f"v{i // 4}_{i}" for i in range(n)]),
+    )
 
 
-def _synthetic(n: int = 48, dims: ModalityDims = ModalityDims(6, 3, 4)) -> data.DatasetSplits:
+def _synthetic(n: int = 48, dims: ModalityDims | None = None) -> data.DatasetSplits:
+    dims = dims or ModalityDims(6, 3, 4)
     tr = _synthetic_split(n, dims, 0)
     return data.DatasetSplits(tr, tr, _synthetic_split(16, dims, 1), name="synthetic")
 
 
 def _cfg(**kw) -> training.TrainConfig:
-    base = dict(epochs=60, batch_size=16, lr=3e-3, weight_decay=0.0, warmup_ratio=0.05, patience=0,
-                loss="l1", progress=False, grad_clip=1.0)
+    base = dict(
+        epochs=60,
+        batch_size=16,
+        lr=3e-3,
+        weight_decay=0.0,
+        warmup_ratio=0.05,
+        patience=0,
+        loss="l1",
+        progress=False,
+        grad_clip=1.0,
+    )
     return training.TrainConfig.from_dict({**base, **kw})
 
 
@@ -126,8 +149,18 @@ def test_refit_replays_the_selected_run_on_train_plus_valid():
 
 def test_two_stage_model_runs_both_stages():
     ds = _synthetic(24)
-    hp = dict(enc_dim=16, enc_layers=1, enc_heads=2, adapter_layers=1, adapter_heads=2, hidden=16,
-              ffn=16, heads=2, fusion_layers=1, max_len=16)
+    hp = dict(
+        enc_dim=16,
+        enc_layers=1,
+        enc_heads=2,
+        adapter_layers=1,
+        adapter_heads=2,
+        hidden=16,
+        ffn=16,
+        heads=2,
+        fusion_layers=1,
+        max_len=16,
+    )
     res = training.train_model("kuda", ds, _cfg(epochs=2, stage1_epochs=2), seed=0, hparams=hp)
     assert [h["stage"] for h in res.history] == [1, 1, 2, 2]
     assert res.model.stage == 2
@@ -175,18 +208,23 @@ def _mmsa_split(n: int, rng: np.random.Generator, aligned: bool) -> dict:
     audio = np.zeros((n, La, 3), np.float32)
     vision = np.zeros((n, Lv, 4), np.float32)
     for i in range(n):
-        text[i, :t_len[i]] = rng.normal(size=(t_len[i], 5)) + 3
-        audio[i, :a_len[i]] = rng.normal(size=(a_len[i], 3)) + 3
-        vision[i, :v_len[i]] = rng.normal(size=(v_len[i], 4)) + 3
+        text[i, : t_len[i]] = rng.normal(size=(t_len[i], 5)) + 3
+        audio[i, : a_len[i]] = rng.normal(size=(a_len[i], 3)) + 3
+        vision[i, : v_len[i]] = rng.normal(size=(v_len[i], 4)) + 3
     if n and a_len[0]:
         audio[0, 0, 0] = -np.inf  # MMSA sets -inf audio to 0
     tb = np.zeros((n, 3, L), np.float32)
     tb[:, 1] = np.arange(L)[None] < t_len[:, None]
-    d = {"raw_text": np.array([f"utt {i}" for i in range(n)]),
-         "id": np.array([f"vid{i % 3}$_${i}" for i in range(n)]),
-         "text": text, "text_bert": tb, "audio": audio, "vision": vision,
-         "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
-         "classification_labels": np.zeros(n)}
+    d = {
+        "raw_text": np.array([f"utt {i}" for i in range(n)]),
+        "id": np.array([f"vid{i % 3}$_${i}" for i in range(n)]),
+        "text": text,
+        "text_bert": tb,
+        "audio": audio,
+        "vision": vision,
+        "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+        "classification_labels": np.zeros(n),
+    }
     if not aligned:
         d["audio_lengths"] = list(a_len)  # MMSA stores python lists
         d["vision_lengths"] = list(v_len)
@@ -219,7 +257,7 @@ def test_mmsa_pickle_loader(tmp_path, aligned):
         np.testing.assert_array_equal(x.text_mask.sum(1).numpy(), t_len)
         np.testing.assert_array_equal(x.audio_mask.sum(1).numpy(), a_len)
         i = int(np.argmax(t_len))
-        np.testing.assert_allclose(x.text[i, :t_len[i]].numpy(), raw[s]["text"][i, :t_len[i]])
+        np.testing.assert_allclose(x.text[i, : t_len[i]].numpy(), raw[s]["text"][i, : t_len[i]])
     assert float(ds.train.batch([0])[0].audio[0, 0, 0]) == 0.0  # -inf -> 0
 
 
@@ -233,12 +271,18 @@ def _fake_mosi_npz(path: Path, n_videos: int = 20) -> None:
             vids.append(f"vid{v:02d}")
             split.append("test" if v >= 15 else "train")
     n = len(keys)
-    np.savez(path, keys=np.array(keys), video_id=np.array(vids), text=np.array(["X"] * n),
-             label=rng.uniform(-3, 3, n).astype(np.float32),
-             text_feat=rng.normal(size=(n, 100)).astype(np.float32),
-             audio_feat=rng.normal(size=(n, 73)).astype(np.float32),
-             video_feat=rng.normal(size=(n, 100)).astype(np.float32),
-             std_split=np.array(["train"] * n), declare_split=np.array(split))
+    np.savez(
+        path,
+        keys=np.array(keys),
+        video_id=np.array(vids),
+        text=np.array(["X"] * n),
+        label=rng.uniform(-3, 3, n).astype(np.float32),
+        text_feat=rng.normal(size=(n, 100)).astype(np.float32),
+        audio_feat=rng.normal(size=(n, 73)).astype(np.float32),
+        video_feat=rng.normal(size=(n, 100)).astype(np.float32),
+        std_split=np.array(["train"] * n),
+        declare_split=np.array(split),
+    )
 
 
 def _check_npz_splits(path: Path) -> data.DatasetSplits:
@@ -290,6 +334,7 @@ class _FakeEncoder:
         class E:
             tokens = np.full((n, 4), float(len(text)), np.float32)
             pooled = tokens[0]
+
         return E()
 
 
@@ -300,8 +345,7 @@ def test_mosi_text_loader_caches_and_masks_av(tmp_path):
         rows.append(f"v{i}_1,v{i},WORD {'X ' * i}END,{(i - 4) / 2:.1f},{s},train")
     csv.write_text("\n".join(rows) + "\n")
     ident = {"impl": "fake", "model_dir": "x", "max_tokens": 8}
-    ds = data.load_mosi_text(csv, 7, 5, encoder=_FakeEncoder(), identity=ident, cache_dir=tmp_path,
-                             progress=False)
+    ds = data.load_mosi_text(csv, 7, 5, encoder=_FakeEncoder(), identity=ident, cache_dir=tmp_path, progress=False)
     assert ds.sizes() == {"train": 5, "valid": 2, "test": 3} and ds.dims == ModalityDims(4, 7, 5)
     x, y = ds.test.batch(np.arange(3))
     assert not x.audio_mask.any() and not x.vision_mask.any()
@@ -309,12 +353,12 @@ def test_mosi_text_loader_caches_and_masks_av(tmp_path):
     assert list(x.text_mask.sum(1).numpy()) == [len(t.split()) + 2 for t in ds.test.raw_text]
     calls = _FakeEncoder.calls
     assert len(list(tmp_path.glob("mosi_text_*.npz"))) == 1
-    again = data.load_mosi_text(csv, 7, 5, encoder=_FakeEncoder(), identity=ident, cache_dir=tmp_path,
-                                progress=False)
+    again = data.load_mosi_text(csv, 7, 5, encoder=_FakeEncoder(), identity=ident, cache_dir=tmp_path, progress=False)
     assert _FakeEncoder.calls == calls  # served from the cache
     np.testing.assert_array_equal(again.test.text.flat, ds.test.text.flat)
-    other = data.load_mosi_text(csv, 7, 5, encoder=_FakeEncoder(), identity={**ident, "max_tokens": 4},
-                                cache_dir=tmp_path, progress=False)
+    other = data.load_mosi_text(
+        csv, 7, 5, encoder=_FakeEncoder(), identity={**ident, "max_tokens": 4}, cache_dir=tmp_path, progress=False
+    )
     assert _FakeEncoder.calls > calls and len(list(tmp_path.glob("mosi_text_*.npz"))) == 2
     assert len(other.train) == 5
 
@@ -325,10 +369,15 @@ def test_live_augment_shapes_like_live_windows():
 
     dims = ModalityDims(6, 5, 4)
     rng = np.random.default_rng(0)
-    pool = lt.AVPool(audio=[rng.normal(size=(400, 5)).astype(np.float32)],
-                     vision=[rng.normal(size=(120, 4)).astype(np.float32)],
-                     audio_mean=np.zeros(5, np.float32), audio_std=np.ones(5, np.float32),
-                     vision_scale=np.full(4, 0.1, np.float32), vision_mean=np.zeros(4, np.float32), info={})
+    pool = lt.AVPool(
+        audio=[rng.normal(size=(400, 5)).astype(np.float32)],
+        vision=[rng.normal(size=(120, 4)).astype(np.float32)],
+        audio_mean=np.zeros(5, np.float32),
+        audio_std=np.ones(5, np.float32),
+        vision_scale=np.full(4, 0.1, np.float32),
+        vision_mean=np.zeros(4, np.float32),
+        info={},
+    )
     aug = lt.AVAugment(pool, dims, batch_prob=1.0, empty_text_prob=0.5, audio_frames=60, vision_frames=45)
     ds = _synthetic(32, dims)
     x, y = ds.train.batch(np.arange(32))
@@ -340,8 +389,9 @@ def test_live_augment_shapes_like_live_windows():
     empty = ~x2.text_mask.any(1)
     assert 0 < int(empty.sum()) < 32 and float(y2[empty].abs().sum()) == 0.0
     assert torch.equal(y2[~empty], y[~empty])
-    np.testing.assert_allclose(lt.bin_frames(np.arange(10, dtype=np.float32)[:, None], 5)[:, 0],
-                               [0.5, 2.5, 4.5, 6.5, 8.5])
+    np.testing.assert_allclose(
+        lt.bin_frames(np.arange(10, dtype=np.float32)[:, None], 5)[:, 0], [0.5, 2.5, 4.5, 6.5, 8.5]
+    )
 
 
 def test_load_run_config_layers_user_toml(tmp_path):
@@ -355,8 +405,8 @@ def test_load_run_config_layers_user_toml(tmp_path):
 def test_live_asr_copies_real_speech_and_whisper(tmp_path):
     """train-live's ASR copies: real espeak-ng speech read by the engine's real Whisper, cached,
     then appended to the train split with the same labels."""
-    from sentistream.perception.wer import wer
     from sentistream.models import augmentation as lt
+    from sentistream.perception.wer import wer
 
     texts = ["i really love this movie it is wonderful", "the acting was terrible and boring"]
     hyps, info = lt.asr_transcripts(texts, tmp_path, seed=0)
@@ -365,9 +415,14 @@ def test_live_asr_copies_real_speech_and_whisper(tmp_path):
     again, _ = lt.asr_transcripts(texts, tmp_path, seed=0)  # from the cache: same words
     assert again == hyps
 
-    split = data.SplitData(data.SequenceStore.from_list([np.ones((3, 4), np.float32), np.ones((2, 4), np.float32)], 4),
-                           data.SequenceStore.empty(2, 5), data.SequenceStore.empty(2, 3),
-                           np.array([1.5, -2.0], np.float32), np.array(["a", "b"]), raw_text=np.array(texts))
+    split = data.SplitData(
+        data.SequenceStore.from_list([np.ones((3, 4), np.float32), np.ones((2, 4), np.float32)], 4),
+        data.SequenceStore.empty(2, 5),
+        data.SequenceStore.empty(2, 3),
+        np.array([1.5, -2.0], np.float32),
+        np.array(["a", "b"]),
+        raw_text=np.array(texts),
+    )
     both = lt.with_asr_copies(split, hyps, _FakeEncoder(), {"impl": "fake"}, tmp_path, progress=False)
     assert len(both) == 4 and list(both.labels) == [1.5, -2.0, 1.5, -2.0]
     assert list(both.ids) == ["a", "b", "a#asr", "b#asr"] and list(both.raw_text[2:]) == hyps
@@ -376,16 +431,28 @@ def test_live_asr_copies_real_speech_and_whisper(tmp_path):
 
 
 def _run(seed: int, valid: dict[str, float]) -> training.TrainResult:
-    return training.TrainResult(model=None, valid=valid, test={}, best_epoch=1, epochs_run=1, history=[],
-                                config=training.TrainConfig(), seed=seed, seconds=0.0)
+    return training.TrainResult(
+        model=None,
+        valid=valid,
+        test={},
+        best_epoch=1,
+        epochs_run=1,
+        history=[],
+        config=training.TrainConfig(),
+        seed=seed,
+        seconds=0.0,
+    )
 
 
-@pytest.mark.parametrize("metric, values, best", [
-    ("loss", [0.9, 0.2, 0.5], 1),  # lower is better (the seed with the highest loss was saved before)
-    ("mae", [0.9, 0.2, float("nan")], 1),  # a NaN is never the best
-    ("acc2_non0", [0.7, 0.8, 0.75], 1),  # higher is better
-    ("corr", [float("nan"), 0.1, 0.3], 2),
-])
+@pytest.mark.parametrize(
+    "metric, values, best",
+    [
+        ("loss", [0.9, 0.2, 0.5], 1),  # lower is better (the seed with the highest loss was saved before)
+        ("mae", [0.9, 0.2, float("nan")], 1),  # a NaN is never the best
+        ("acc2_non0", [0.7, 0.8, 0.75], 1),  # higher is better
+        ("corr", [float("nan"), 0.1, 0.3], 2),
+    ],
+)
 def test_best_of_seeds_follows_the_metric_direction(metric, values, best):
     runs = [_run(i, {metric: v}) for i, v in enumerate(values)]
     assert training.best_of_seeds(runs, metric).seed == best

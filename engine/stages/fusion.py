@@ -22,10 +22,10 @@ import logging
 import math
 import time
 
+from ...perception.text import BackgroundTextEncoder
 from ..messages import Message, now_ns
 from ..stage import FatalStageError, Stage
 from ..windowing import CompleteClock, FrameTrigger, WindowBuffer, WordSpan
-from ...perception.text import BackgroundTextEncoder
 
 log = logging.getLogger("sentistream.fusion")
 
@@ -40,13 +40,13 @@ def _ms(a_ns: int, b_ns: int) -> float:
 
 class FusionStage(Stage):
     def setup(self) -> None:
+        import torch
+
         from ...models.live import LiveModel
-        from ..live_backend import live_backend
         from ...perception.audio_features import feature_dim
         from ...perception.face import FACE_FEATURE_DIM
         from ...perception.text import TextEncoder
-
-        import torch
+        from ..live_backend import live_backend
 
         torch.set_num_threads(max(1, self.config.fusion.threads))
         w = self.config.window
@@ -61,8 +61,13 @@ class FusionStage(Stage):
             encoder = TextEncoder(self.config.text)
             if self.config.text.background:
                 encoder = BackgroundTextEncoder(encoder)  # a changed transcript never delays an event
-            self.model = LiveModel(self.config.fusion, encoder, FACE_FEATURE_DIM, self.audio_dim,
-                                   backend_factory=live_backend(self.config.fusion))
+            self.model = LiveModel(
+                self.config.fusion,
+                encoder,
+                FACE_FEATURE_DIM,
+                self.audio_dim,
+                backend_factory=live_backend(self.config.fusion),
+            )
         except (FileNotFoundError, ValueError) as exc:
             # A missing model file or a checkpoint that does not fit its text encoder: a restart
             # cannot fix it, so the graph stops with the reason instead of respawning this stage.
@@ -167,9 +172,13 @@ class FusionStage(Stage):
         if stalled and due:
             if not self._stall_logged:  # once per stall
                 self._stall_logged = True
-                log.warning("fusion: %s made no progress for %.0f s (stuck at %.2f s of stream time): "
-                            "windows are cut without waiting for it until it moves (stats: stalled_windows)",
-                            ", ".join(stalled), COMPLETE_STALL_S, self.complete_clock.slowest)
+                log.warning(
+                    "fusion: %s made no progress for %.0f s (stuck at %.2f s of stream time): "
+                    "windows are cut without waiting for it until it moves (stats: stalled_windows)",
+                    ", ".join(stalled),
+                    COMPLETE_STALL_S,
+                    self.complete_clock.slowest,
+                )
             self.stalled_windows += len(due)
         elif not stalled:
             self._stall_logged = False

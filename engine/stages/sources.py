@@ -113,8 +113,12 @@ class FileSource(Stage):
         while not self.stopping and t_media - self.events_t > lead:
             if time.monotonic() - self._event_wall > FAST_HOLD_MAX_S:
                 if not self._hold_released:
-                    log.warning("%s: no event for %.0f s (is fusion restarting?): replaying on without "
-                                "waiting for them until they come back", self.name, FAST_HOLD_MAX_S)
+                    log.warning(
+                        "%s: no event for %.0f s (is fusion restarting?): replaying on without "
+                        "waiting for them until they come back",
+                        self.name,
+                        FAST_HOLD_MAX_S,
+                    )
                     self._hold_released = True
                 return
             self._read_events(50)
@@ -145,7 +149,11 @@ class FileSource(Stage):
         if self.declared_s > length + 1.0 and duration > length + 1.0:
             log.warning(
                 "%s: media file %s ended at %.1f s but declares %.1f s: it is truncated or damaged; "
-                "what could be decoded was played", self.name, self.path, length, self.declared_s,
+                "what could be decoded was played",
+                self.name,
+                self.path,
+                length,
+                self.declared_s,
             )
 
     def _play_once(self, offset: float, duration: float) -> float:
@@ -159,8 +167,14 @@ class FileSource(Stage):
         last = 0.0
         try:
             for item in iter_media(
-                self.path, sr, src.audio_chunk_ms, src.width, src.height,
-                start_s=resume, end_s=duration - offset, errors=errors,
+                self.path,
+                sr,
+                src.audio_chunk_ms,
+                src.width,
+                src.height,
+                start_s=resume,
+                end_s=duration - offset,
+                errors=errors,
             ):
                 if self.stopping:
                     break
@@ -211,8 +225,9 @@ class CameraSource(Stage):
                 failures += 1
                 if failures >= 50:  # about 2-5 s without a frame: the camera is gone
                     # eos(reason "device_lost") downstream + a report the supervisor logs
-                    self.device_lost("video", t, f"camera {self.config.source.camera_index}",
-                                     "stopped delivering frames")
+                    self.device_lost(
+                        "video", t, f"camera {self.config.source.camera_index}", "stopped delivering frames"
+                    )
                     return
                 time.sleep(0.05)
                 self.service()
@@ -288,8 +303,12 @@ class MicrophoneSource(Stage):
                     silent_for += 0.1
                     if silent_for > 5.0:
                         # eos(reason "device_lost") downstream + a report the supervisor logs
-                        self.device_lost("audio", self.media_time_now(), f"microphone {self.device_name!r}",
-                                         "stopped delivering audio")
+                        self.device_lost(
+                            "audio",
+                            self.media_time_now(),
+                            f"microphone {self.device_name!r}",
+                            "stopped delivering audio",
+                        )
                         return
                     self.service()
                     continue
