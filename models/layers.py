@@ -248,18 +248,3 @@ class _GradReverse(torch.autograd.Function):
 def grad_reverse(x: Tensor, lambd: float = 1.0) -> Tensor:
     """Identity forward, ``-lambd * grad`` backward (Ganin & Lempitsky's gradient-reversal layer)."""
     return _GradReverse.apply(x, lambd)
-
-
-class AttentionPool(nn.Module):
-    """Masked additive attention pooling ``sum_t softmax(w^T tanh(W h_t)) h_t``."""
-
-    def __init__(self, dim: int, hidden: int | None = None):
-        super().__init__()
-        hidden = hidden or dim
-        self.proj = nn.Linear(dim, hidden)
-        self.score = nn.Linear(hidden, 1, bias=False)
-
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        s = self.score(torch.tanh(self.proj(x))).squeeze(-1)
-        w = masked_softmax(s, mask)
-        return torch.einsum("bl,bld->bd", w, x), w

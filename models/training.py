@@ -81,6 +81,7 @@ class TrainConfig:
     loss: str = "l1"  # l1 (MMSA) | mse | smooth_l1
     select_metric: str = "mae"  # validation criterion for early stopping / model selection
     patience: int = 8  # epochs without validation improvement before stopping; 0 = never stop
+    plateau_patience: int = 4  # scheduler "plateau": epochs without improvement before LR x 0.1
     stage1_epochs: int = 0  # two-stage models only (KuDA)
     stage1_lr: float | None = None  # default: lr
     text_dropout: float = 0.0  # per-sample probability of masking the modality during training
@@ -93,6 +94,15 @@ class TrainConfig:
     num_threads: int | None = None  # torch.set_num_threads for the run; None = leave as is
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A plateau decay that waits as long as early stopping can never fire (MulT's reference
+        # code waits 20 epochs; MMSA stops after 8).
+        if self.scheduler == "plateau" and self.patience and self.plateau_patience >= self.patience:
+            raise ValueError(
+                f"train.plateau_patience ({self.plateau_patience}) must be below train.patience "
+                f"({self.patience}): the LR would never decay before early stopping ends the run"
+            )
 
     @classmethod
     def field_names(cls) -> set[str]:
@@ -364,7 +374,7 @@ def _run_stage(
         per_step = True
     elif sched_name == "plateau":
         mode = "min" if select in LOWER_IS_BETTER or select == "aux" else "max"
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.1, patience=20)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.1, patience=cfg.plateau_patience)
         per_step = False
     elif sched_name in ("constant", "none", ""):
         sched, per_step = None, False

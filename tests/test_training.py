@@ -461,3 +461,16 @@ def test_best_of_seeds_follows_the_metric_direction(metric, values, best):
 def test_best_of_seeds_refuses_an_unknown_metric():
     with pytest.raises(ValueError, match="unknown select_metric"):
         training.best_of_seeds([_run(0, {"x": 1.0})], "x")
+
+
+def test_a_plateau_decay_that_could_never_fire_is_refused():
+    with pytest.raises(ValueError, match="plateau_patience"):
+        training.TrainConfig(scheduler="plateau", patience=8, plateau_patience=20)
+    training.TrainConfig(scheduler="plateau", patience=0, plateau_patience=20)  # no early stopping: fine
+    assert training.TrainConfig.for_model("mult").plateau_patience < training.TrainConfig.for_model("mult").patience
+
+
+def test_zoo_configs_carry_the_papers_mosi_settings():
+    kuda = registry.load_hparams("kuda")
+    assert kuda["ratio_k"] == 2.0 and kuda["fusion_layers"] == 2  # KuDA, MOSI (CH-SIMS: 0.1, 3)
+    assert training.TrainConfig.for_model("msfn").loss == "mse"  # MSFN eq. 15: squared L2 task loss
