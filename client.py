@@ -54,6 +54,7 @@ from .engine.protocol import (
     parse_event_frames,
     validate_event,
 )
+from .payloads import Word
 
 __all__ = [
     "ClientStats",
@@ -75,13 +76,6 @@ _END = object()  # sentinel for iterator queues
 
 
 # ---- typed events ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Word:
-    text: str
-    start_s: float
-    end_s: float
 
 
 @dataclass(frozen=True)

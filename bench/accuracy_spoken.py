@@ -154,7 +154,8 @@ def live_scores(live, texts: Sequence[str], audio: Sequence[np.ndarray] | None) 
     (``LiveModel.inputs_for``: text tokens, audio frames binned + normalised; vision absent)."""
     import torch
 
-    from ..engine.windowing import Window, WordSpan
+    from ..engine.windowing import Window
+    from ..payloads import Word
 
     out = np.zeros(len(texts), np.float32)
     with torch.inference_mode():
@@ -166,7 +167,7 @@ def live_scores(live, texts: Sequence[str], audio: Sequence[np.ndarray] | None) 
                 np.zeros((0, live.dims.vision), np.float32),
                 np.zeros(0, bool),
                 np.asarray(a, np.float32),
-                context=[WordSpan(x, 0.0, 0.0) for x in str(t).split()],
+                context=[Word(x, 0.0, 0.0) for x in str(t).split()],
             )
             inputs, _ = live.inputs_for(w)
             score = float(torch.clamp(live.model(inputs).score.reshape(-1)[0], -3.0, 3.0))

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.config import BACKENDS
 from .common import RESULTS, command_line, device_tag, show_bench_progress, stamp, summary, write_json
 
 log = logging.getLogger("sentistream.bench.latency")
@@ -52,7 +53,7 @@ LIVE_LENGTHS = (32, 60, 45)  # text tokens (an 8 s transcript), audio steps, vid
 LIVE_BUCKETS = ((16, 32, 64, 128), (60,), (45,))
 MOSI_DIMS = (768, 5, 20)
 MOSI_LENGTHS = (50, 375, 500)
-ALL_BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
+ALL_BACKENDS = tuple(reversed([b for b in BACKENDS if b != "auto"]))  # eager first
 
 # Targets from issue 5 (benchmarks, never tests); shown next to the figures in the markdown.
 TARGETS_CPU = {

@@ -56,10 +56,10 @@ import torch
 from torch import Tensor, nn
 
 from ..models.base import FusionInputs, FusionModel, FusionOutput
+from .config import BACKENDS  # noqa: F401  (the one list, defined in engine/config.py)
 
 log = logging.getLogger("sentistream.backends")
 
-BACKENDS = ("auto", "tensorrt", "compile", "onnxruntime", "eager")
 ONNX_OPSET = 17
 TENSORRT_EXTRA = "pip install 'sentistream[tensorrt]'"
 #: Parity tolerances (absolute, on the score) that tests and the bench hold backends to.

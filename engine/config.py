@@ -13,7 +13,15 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+#: The fusion backends (engine/backends.py), "auto" first: the one list every tool reads.
+FusionBackendName = Literal["auto", "tensorrt", "compile", "onnxruntime", "eager"]
+BACKENDS: tuple[str, ...] = typing.get_args(FusionBackendName)
+Transport = Literal["ipc", "tcp"]
+SourceKind = Literal["demo", "file", "webcam", "none"]
+Pace = Literal["realtime", "fast"]
+Trigger = Literal["clock", "frame"]
 
 
 class ConfigError(ValueError):
@@ -22,7 +30,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TransportConfig:
-    transport: str = "ipc"  # "ipc" on one host, "tcp" across hosts
+    transport: Transport = "ipc"  # "ipc" on one host, "tcp" across hosts
     bind_host: str = "127.0.0.1"  # loopback unless configured otherwise
     hwm: int = 1000  # high-water mark for audio, features, words, events
     video_hwm: int = 4  # video is conflated: only the newest frames matter
@@ -58,11 +66,11 @@ class SupervisorConfig:
 
 @dataclass
 class SourceConfig:
-    kind: str = "demo"  # "demo" | "file" | "webcam" | "none"
+    kind: SourceKind = "demo"
     path: str = ""  # media file for kind = "file"
     camera_index: int = 0
     microphone: str = ""  # "" = no microphone, "default" or a sounddevice name/index
-    pace: str = "realtime"  # "realtime" | "fast" (files only)
+    pace: Pace = "realtime"  # files only
     # pace = "fast": the file source runs at most this far (s of media) ahead of the newest event,
     # so no stage falls behind far enough to drop input, and the recogniser has the audio it
     # needs to commit the words of the window being cut.
@@ -82,7 +90,7 @@ class WindowConfig:
     hop_s: float = 0.25
     # "clock": one window per hop_s of stream time, on a fixed grid. "frame": a window ends at
     # each face frame as it arrives, at most one per hop_s (lowest frame -> event latency).
-    trigger: str = "clock"
+    trigger: Trigger = "clock"
     # The model reads committed words up to this far back: ASR commits words a
     # second or more after they are spoken, later than audio and video arrive.
     text_lookback_s: float = 8.0
@@ -98,7 +106,7 @@ class FusionConfig:
     max_video_frames: int = 45
     threads: int = 1  # torch intra-op threads: the other stages need the remaining cores
     # Inference backend (engine/backends.py): auto | tensorrt | compile | onnxruntime | eager.
-    backend: str = "auto"
+    backend: FusionBackendName = "auto"
     max_batch: int = 64  # largest batch: TensorRT profile, compile batch buckets, fusion server
     # Token counts are padded up to one of these (compiled/exported graphs have fixed lengths);
     # audio and video are padded to max_audio_frames / max_video_frames.
@@ -150,21 +158,13 @@ class EngineConfig:
             raise ConfigError("window: need 0 < hop_s <= length_s")
         if not 0 <= self.supervisor.asr_nice <= 19:
             raise ConfigError(f"supervisor.asr_nice must be 0..19, not {self.supervisor.asr_nice}")
-        if self.window.trigger not in ("clock", "frame"):
-            raise ConfigError(f"window.trigger must be 'clock' or 'frame', not {self.window.trigger!r}")
-        if self.transport.transport not in ("ipc", "tcp"):
-            raise ConfigError(f"transport.transport must be 'ipc' or 'tcp', not {self.transport.transport!r}")
-        if self.source.kind not in ("demo", "file", "webcam", "none"):
-            raise ConfigError(f"source.kind must be demo, file, webcam or none, not {self.source.kind!r}")
-        if self.source.pace not in ("realtime", "fast"):
-            raise ConfigError(f"source.pace must be 'realtime' or 'fast', not {self.source.pace!r}")
+        for f in dataclasses.fields(self):  # every Literal field, also those set in code
+            _check_choices(getattr(self, f.name), f.name)
         if not self.source.fast_lead_s > 0:
             raise ConfigError(f"source.fast_lead_s must be > 0, not {self.source.fast_lead_s!r}")
         if self.source.sample_rate != 16000:
             raise ConfigError("source.sample_rate: the ASR and feature stages expect 16000 Hz")
         extractor = getattr(self.audio_features, "extractor", "builtin")
-        if extractor not in ("builtin", "egemaps"):
-            raise ConfigError(f"audio_features.extractor must be 'builtin' or 'egemaps', not {extractor!r}")
         if extractor == "egemaps":
             import importlib.util
 
@@ -207,9 +207,6 @@ def _validate_security(t: TransportConfig) -> None:
 
 
 def _validate_fusion(f: FusionConfig) -> None:
-    backends = ("auto", "tensorrt", "compile", "onnxruntime", "eager")
-    if f.backend not in backends:
-        raise ConfigError(f"fusion.backend must be one of {', '.join(backends)}, not {f.backend!r}")
     if f.max_batch < 1:
         raise ConfigError("fusion.max_batch must be >= 1")
     buckets = f.text_buckets
@@ -241,8 +238,29 @@ def _section_types() -> dict[str, type]:
     return types_
 
 
+def _choice_error(dotted: str, value: Any, choices: tuple[Any, ...]) -> ConfigError:
+    return ConfigError(f"{dotted} must be one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+
+
+def _check_choices(section: Any, prefix: str) -> None:
+    """Each Literal-typed field of a section dataclass holds one of its choices."""
+    if not dataclasses.is_dataclass(section):
+        return
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        choices = typing.get_args(hints.get(f.name)) if typing.get_origin(hints.get(f.name)) is Literal else ()
+        value = getattr(section, f.name)
+        if choices and value not in choices:
+            raise _choice_error(f"{prefix}.{f.name}", value, choices)
+
+
 def _coerce(value: Any, annotation: Any, dotted: str) -> Any:
     """Check a TOML value against a dataclass field's annotation."""
+    if typing.get_origin(annotation) is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            raise _choice_error(dotted, value, choices)
+        return value
     if isinstance(annotation, str):
         annotation = {"str": str, "int": int, "float": float, "bool": bool}.get(annotation, Any)
     origin = typing.get_origin(annotation)

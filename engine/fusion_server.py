@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from .config import BACKENDS
 from .fusion_wire import DEFAULT_ADDRESS, TOPIC, arrays_to_inputs
 from .messages import Message, MessageError, decode, encode, now_ns
 from .rpc import bind_router, serve_until_stopped
@@ -459,7 +460,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([fusion])")
     p.add_argument("--model", default=None, help="fusion model: 'default' or a zoo name")
-    p.add_argument("--backend", default=None, choices=["auto", "tensorrt", "compile", "onnxruntime", "eager"])
+    p.add_argument("--backend", default=None, choices=BACKENDS)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
     p.add_argument("--max-batch", type=int, default=None, help="largest batch (default fusion.max_batch)")
     p.add_argument(

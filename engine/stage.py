@@ -26,7 +26,7 @@ import logging
 import signal
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import zmq
@@ -48,6 +48,41 @@ class FatalStageError(RuntimeError):
 
 
 @dataclass
+class StageParams:
+    """What the graph tells one stage besides the config (``StageSpec.params``; JSON on the wire).
+    Unknown keys are refused, so a misspelt parameter fails at once instead of being ignored."""
+
+    outputs: list[str] = field(default_factory=list)  # streams this stage publishes
+    # wiring, set by the supervisor
+    events_address: str = ""  # fusion: the public address events are published on as well
+    expected_inputs: list[str] = field(default_factory=list)  # fusion: the streams it waits for
+    complete_windows: bool = False  # fusion: cut a window once every live input has delivered it
+    nice: int = 0  # lower the process priority by this much (ASR yields the CPU)
+    # per stage kind
+    jsonl: str = ""  # sink: append every event to this file
+    path: str = ""  # file source: the media file (default: [source] path or the demo clip)
+    microphone: str | int | None = None  # microphone source: overrides [source] microphone
+    # restart state, set by the supervisor when it respawns a stage
+    t0_ns: int = 0  # a restarted source rejoins the session clock
+    resume_from_s: float = 0.0  # ... at this media time
+    resume_seq: dict[str, int] = field(default_factory=dict)  # last sequence numbers seen per input
+    # test-only fault injection (module docstring)
+    crash_at_start: bool = False
+    simulate_device_lost: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> StageParams:
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown stage parameter(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class StageSpec:
     """Everything a worker process needs to run one stage (JSON on the command line)."""
 
@@ -58,8 +93,12 @@ class StageSpec:
     control_address: str  # supervisor PULL: ready / stats / done / fatal
     command_address: str  # supervisor PUB: start / stop
     config: dict[str, Any]
-    params: dict[str, Any] = field(default_factory=dict)
+    params: StageParams = field(default_factory=StageParams)
     is_source: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, dict):  # as read from JSON or written by hand
+            self.params = StageParams.from_dict(self.params)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -105,13 +144,14 @@ class Stage:
         self.t0_ns: int | None = None  # session start on the shared clock (from "start")
         self._seq: dict[str, int] = defaultdict(int)
         # Seeded on a restart with what the previous run last saw: the gap is counted as dropped.
-        self._last_seq: dict[str, int] = {str(k): int(v) for k, v in (spec.params.get("resume_seq") or {}).items()}
+        self._last_seq: dict[str, int] = {str(k): int(v) for k, v in spec.params.resume_seq.items()}
         self.counters.last_seq = self._last_seq
         self._flowing = False  # reported "flowing" (first output after a start)
         self._eos_sent: dict[str, list[bytes]] = {}  # the last eos of each output stream (for repeats)
         self._eos_seen: dict[str, tuple[int, int]] = {}  # (seq, t_capture_ns) of the last eos per input
         self._eos_meta: dict[str, Any] = {}  # reason of the eos being handled, forwarded downstream
-        self._lost = spec.params.get("simulate_device_lost") or None
+        self._lost = dict(spec.params.simulate_device_lost) if spec.params.simulate_device_lost else None
+        self._finished = False  # a processor left its loop after its final output (finish())
         self._last_stats = 0.0
         self.ctx = zmq.Context.instance()
         self.pub: zmq.Socket | None = None
@@ -148,7 +188,7 @@ class Stage:
 
     @property
     def output_streams(self) -> list[str]:
-        return list(self.params.get("outputs", []))
+        return list(self.params.outputs)
 
     # ---- publishing --------------------------------------------------------
     def publish(self, msg: Message) -> None:
@@ -361,7 +401,7 @@ class Stage:
                 self._poll_commands()
 
     def run(self) -> int:
-        if self.params.get("crash_at_start"):  # test-only fault injection (module docstring)
+        if self.params.crash_at_start:  # test-only fault injection (module docstring)
             log.error("%s: crash_at_start is set: exiting with code %d", self.name, EXIT_CRASH_INJECTED)
             return EXIT_CRASH_INJECTED
         _install_signal_handlers(self)
@@ -378,8 +418,8 @@ class Stage:
         self.report("ready")
         try:
             if self.spec.is_source:
-                if self.params.get("t0_ns"):
-                    self.t0_ns = int(self.params["t0_ns"])  # a restarted source rejoins the session
+                if self.params.t0_ns:
+                    self.t0_ns = int(self.params.t0_ns)  # a restarted source rejoins the session
                 self._wait_for_start()
                 if not self.stopping:
                     self.report("started")
@@ -400,7 +440,7 @@ class Stage:
                         time.sleep(0.02)
                     self.on_idle()
                     self.maybe_send_stats()
-                    if self.params.get("_finished"):
+                    if self._finished:
                         break
                 self.maybe_send_stats(force=True)
         except FatalStageError as exc:
@@ -423,7 +463,7 @@ class Stage:
 
     def finish(self) -> None:
         """Processors call this to leave the loop after their final output."""
-        self.params["_finished"] = True
+        self._finished = True
 
     # ---- helpers for sources -----------------------------------------------
     def service(self) -> None:

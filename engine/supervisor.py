@@ -34,7 +34,7 @@ from ..pipelines.definition import Pipeline, StageDef
 from .config import EngineConfig
 from .messages import MAX_FRAME_BYTES, MessageError, decode, now_ns
 from .security import SocketSecurity
-from .stage import EXIT_FATAL, StageSpec
+from .stage import EXIT_FATAL, StageParams, StageSpec
 
 log = logging.getLogger("sentistream.supervisor")
 
@@ -134,7 +134,7 @@ class Supervisor:
                 control_address=self.control_address,
                 command_address=self.command_address,
                 config=cfg,
-                params=params,
+                params=StageParams.from_dict(params),
                 is_source=s.is_source,
             )
             self.stages[s.name] = StageProcess(s, spec)
@@ -200,11 +200,11 @@ class Supervisor:
                     sp.restarts += 1
                     if sp.spec.is_source and self.t0_ns is not None:
                         # A restarted source rejoins the session clock where it left off.
-                        sp.spec.params["t0_ns"] = self.t0_ns
-                        sp.spec.params["resume_from_s"] = float(sp.resume.get("t_media_s", 0.0))
+                        sp.spec.params.t0_ns = self.t0_ns
+                        sp.spec.params.resume_from_s = float(sp.resume.get("t_media_s", 0.0))
                     elif not sp.spec.is_source:
                         # What it missed while down is counted as dropped (see Stage._last_seq).
-                        sp.spec.params["resume_seq"] = dict(sp.resume.get("last_seq") or {})
+                        sp.spec.params.resume_seq = dict(sp.resume.get("last_seq") or {})
                     self._spawn(sp)
                 continue
             code = sp.proc.poll()

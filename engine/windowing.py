@@ -11,13 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass
-class WordSpan:
-    text: str
-    start_s: float
-    end_s: float
-    probability: float = 1.0
+from ..payloads import Word
 
 
 @dataclass
@@ -27,11 +21,11 @@ class Window:
     vision: np.ndarray  # [Tv, Dv] face features of frames inside the window
     vision_present: np.ndarray  # [Tv] bool: a face was found in that frame
     audio: np.ndarray  # [Ta, Da] audio feature frames inside the window
-    words: list[WordSpan] = field(default_factory=list)  # committed words overlapping it
-    partial: list[WordSpan] = field(default_factory=list)  # not yet committed
+    words: list[Word] = field(default_factory=list)  # committed words overlapping it
+    partial: list[Word] = field(default_factory=list)  # not yet committed
     # Committed words the model reads: speech is committed a second or more after it
     # is spoken, so text looks further back than audio and video (text_lookback_s).
-    context: list[WordSpan] = field(default_factory=list)
+    context: list[Word] = field(default_factory=list)
 
     @property
     def transcript(self) -> str:
@@ -63,8 +57,8 @@ class WindowBuffer:
         self._vision: deque[tuple[float, np.ndarray, bool]] = deque()
         self._audio_t: deque[np.ndarray] = deque()
         self._audio_x: deque[np.ndarray] = deque()
-        self.words: list[WordSpan] = []
-        self.partial: list[WordSpan] = []
+        self.words: list[Word] = []
+        self.partial: list[Word] = []
         self.next_t1 = hop_s
 
     def add_vision(self, t: float, features: np.ndarray, present: bool) -> None:
@@ -80,7 +74,7 @@ class WindowBuffer:
         self._audio_t.append(times.astype(np.float64, copy=False))
         self._audio_x.append(frames)
 
-    def add_words(self, committed: list[WordSpan], partial: list[WordSpan]) -> None:
+    def add_words(self, committed: list[Word], partial: list[Word]) -> None:
         self.words.extend(committed)
         self.partial = list(partial)
 

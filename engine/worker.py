@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format=f"%(asctime)s {spec.name}[%(process)d] %(levelname)s %(message)s")
     if os.environ.get("SENTISTREAM_PARENT_PID") and str(os.getppid()) != os.environ["SENTISTREAM_PARENT_PID"]:
         return 1  # the supervisor died before we got here
-    nice = int(spec.params.get("nice") or 0)
+    nice = int(spec.params.nice or 0)
     if nice > 0:
         try:
             os.nice(nice)  # a background stage (ASR) yields the CPU to the latency-critical ones

@@ -136,7 +136,8 @@ def ridge_floor(splits: data_mod.DatasetSplits) -> dict[str, Any]:
 def check_live_model(path: Path, encoder=None) -> dict[str, Any]:
     """Load ``path`` through the engine's :class:`LiveModel` and predict a few windows."""
     from ..engine.config import FusionConfig
-    from ..engine.windowing import Window, WordSpan
+    from ..engine.windowing import Window
+    from ..payloads import Word
     from .live import LiveModel
 
     if encoder is None:
@@ -153,7 +154,7 @@ def check_live_model(path: Path, encoder=None) -> dict[str, Any]:
     rng = np.random.default_rng(0)
 
     def window(text: str, ta: int, tv: int) -> Window:
-        words = [WordSpan(w, 0.0, 0.1) for w in text.split()]
+        words = [Word(w, 0.0, 0.1) for w in text.split()]
         return Window(
             0.0,
             3.0,

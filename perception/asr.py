@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..payloads import Word  # noqa: F401  (times on the caller's stream clock; re-exported)
+
 if TYPE_CHECKING:  # imported lazily: loading ctranslate2 is not free
     from faster_whisper import WhisperModel
 
@@ -76,14 +78,6 @@ class AsrOptions:
     max_prompt_chars: int = 200
     gap_tolerance_s: float = 0.05  # timestamp jitter between chunks that is ignored
     max_gap_fill_s: float = 1.0  # gaps are zero-filled up to this; longer ones re-anchor the clock
-
-
-@dataclass
-class Word:
-    text: str
-    start_s: float  # caller's stream clock
-    end_s: float
-    probability: float
 
 
 @dataclass

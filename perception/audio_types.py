@@ -4,6 +4,7 @@ eGeMAPS one in ``egemaps``): its options, its output frames and the sample conve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -24,7 +25,7 @@ class AudioFeatureOptions:
     # "builtin" (this module, the default) or "egemaps": eGeMAPSv02 LLDs from the optional
     # opensmile package (research / personal-use licence: perception/egemaps.py). The other
     # options above apply to "builtin" only.
-    extractor: str = "builtin"
+    extractor: Literal["builtin", "egemaps"] = "builtin"
 
 
 @dataclass

@@ -33,7 +33,8 @@ from sentistream.engine.backends import (
     select_backend,
 )
 from sentistream.engine.config import ConfigError, FusionConfig, config_from_dict
-from sentistream.engine.windowing import Window, WordSpan
+from sentistream.engine.windowing import Window
+from sentistream.payloads import Word
 
 MODELS = ["almt", "tfn"]  # the live model's architecture and a baseline (an LSTM, a tensor fusion)
 TOL = 1e-4
@@ -107,8 +108,8 @@ def windows() -> list[Window]:
     faces = _face_features(8)
     vision = np.concatenate([faces] * 6)[:45]
 
-    def words(text: str) -> list[WordSpan]:
-        return [WordSpan(w, 0.1 * i, 0.1 * i + 0.08) for i, w in enumerate(text.split())]
+    def words(text: str) -> list[Word]:
+        return [Word(w, 0.1 * i, 0.1 * i + 0.08) for i, w in enumerate(text.split())]
 
     no_face = np.zeros((45, FACE_FEATURE_DIM), np.float32)
     return [

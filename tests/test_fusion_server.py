@@ -202,7 +202,8 @@ def test_serve_cli_and_live_model_over_the_server(tmp_path):
     """`sentistream serve` in its own process; a LiveModel with fusion.server sends its windows
     there, gets the local model's numbers, and scores locally when the server goes away."""
     from sentistream.engine.stage import FatalStageError
-    from sentistream.engine.windowing import Window, WordSpan
+    from sentistream.engine.windowing import Window
+    from sentistream.payloads import Word
     from sentistream.perception.text import TextEncoder
 
     port = free_tcp_port()
@@ -233,10 +234,10 @@ def test_serve_cli_and_live_model_over_the_server(tmp_path):
             np.ones(45, bool),
             rng.normal(0, 1, (300, local.dims.audio)).astype(np.float32),
             context=[
-                WordSpan("what", 0.1, 0.3),
-                WordSpan("a", 0.3, 0.4),
-                WordSpan("great", 0.4, 0.8),
-                WordSpan("film", 0.8, 1.2),
+                Word("what", 0.1, 0.3),
+                Word("a", 0.3, 0.4),
+                Word("great", 0.4, 0.8),
+                Word("film", 0.8, 1.2),
             ],
         )
         a, b = remote.predict(window), local.predict(window)

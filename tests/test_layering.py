@@ -51,7 +51,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "pipelines/__init__.py",
     ),
     "Bench": ("bench/",),
-    "Shared": ("provenance.py", "__init__.py", "engine/__init__.py", "assets/"),
+    "Shared": ("provenance.py", "payloads.py", "__init__.py", "engine/__init__.py", "assets/"),
 }
 
 #: (importer, imported, why): imports that must never exist.

@@ -99,3 +99,14 @@ def test_run_stage_drives_the_audio_feature_stage_in_process():
     assert not np.any((times > 1.05) & (times < 5.0))  # nothing invented in the gap
     assert feats[0].arrays[0].shape[1] == stage.extractor.dim
     assert run.counters["errors"] == 0 and run.counters["received"] == len(inputs) - 1
+
+
+def test_stage_params_are_typed_and_refuse_unknown_keys():
+    from sentistream.engine.stage import StageParams, StageSpec
+
+    spec = StageSpec.from_json(
+        StageSpec("sink", "sink", {}, "", "", "", {}, params={"jsonl": "/tmp/x.jsonl"}).to_json()
+    )
+    assert isinstance(spec.params, StageParams) and spec.params.jsonl == "/tmp/x.jsonl"
+    with pytest.raises(ValueError, match="unknown stage parameter.*jsnol"):
+        StageParams.from_dict({"jsnol": "/tmp/x.jsonl"})

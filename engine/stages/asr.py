@@ -12,8 +12,8 @@ import bisect
 import logging
 import queue
 import threading
-from dataclasses import asdict
 
+from ...payloads import WordsPayload
 from ..messages import Message, now_ns
 from ..stage import Stage
 
@@ -76,9 +76,15 @@ class AsrStage(Stage):
         return min(int(c0 + max(0.0, t_media - t0) * 1e9), now_ns())
 
     def _publish_update(self, update) -> None:
-        committed = [asdict(w) for w in update.committed]
-        partial = [asdict(w) for w in update.partial]
-        t_ref = committed[-1]["end_s"] if committed else (partial[-1]["end_s"] if partial else self.audio_end)
+        payload = WordsPayload(
+            committed=list(update.committed),
+            partial=list(update.partial),
+            utterance_end=bool(update.utterance_end),
+            final_through_s=float(update.final_through_s),
+            decode_ms=float(update.decode_ms),
+        )
+        words = payload.committed or payload.partial
+        t_ref = words[-1].end_s if words else self.audio_end
         self.publish(
             Message(
                 "words",
@@ -86,13 +92,7 @@ class AsrStage(Stage):
                 0,
                 self._capture_ns_at(t_ref),
                 float(t_ref),
-                meta={
-                    "committed": committed,
-                    "partial": partial,
-                    "utterance_end": bool(update.utterance_end),
-                    "final_through_s": float(update.final_through_s),
-                    "decode_ms": float(update.decode_ms),
-                },
+                meta=payload.to_meta(),
                 trace={k: v for k, v in self._last_trace.items() if k != self.name},
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...payloads import FacePayload
 from ..messages import Message
 from ..stage import Stage
 
@@ -30,7 +31,7 @@ class FaceStage(Stage):
                 msg.t_capture_ns,
                 msg.t_media_s,
                 [np.asarray(result.features, dtype=np.float32)],
-                meta={"present": bool(result.present), "reason": result.reason},
+                meta=FacePayload(bool(result.present), result.reason or "").to_meta(),
                 trace=dict(msg.trace),
             )
         )

@@ -22,10 +22,11 @@ import logging
 import math
 import time
 
+from ...payloads import FacePayload, Word, WordsPayload
 from ...perception.text import BackgroundTextEncoder
 from ..messages import Message, now_ns
 from ..stage import FatalStageError, Stage
-from ..windowing import CompleteClock, FrameTrigger, WindowBuffer, WordSpan
+from ..windowing import CompleteClock, FrameTrigger, WindowBuffer
 
 log = logging.getLogger("sentistream.fusion")
 
@@ -54,7 +55,7 @@ class FusionStage(Stage):
         self.buffer = WindowBuffer(
             w.length_s, w.hop_s, FACE_FEATURE_DIM, self.audio_dim, text_lookback_s=w.text_lookback_s
         )
-        self.new_words: list[WordSpan] = []  # committed since the previous event
+        self.new_words: list[Word] = []  # committed since the previous event
         self.trigger = FrameTrigger(w.hop_s) if w.trigger == "frame" else None
         self.last_t1 = 0.0  # the newest window end scored (the closing event repeats it)
         try:
@@ -73,8 +74,8 @@ class FusionStage(Stage):
             # cannot fix it, so the graph stops with the reason instead of respawning this stage.
             raise FatalStageError(f"fusion: {exc}") from None
         self.model.warm_up()
-        self.expected_inputs = set(self.params.get("expected_inputs", []))
-        self.complete = bool(self.params.get("complete_windows")) and self.trigger is None
+        self.expected_inputs = set(self.params.expected_inputs)
+        self.complete = self.params.complete_windows and self.trigger is None
         self.complete_clock = CompleteClock(self.expected_inputs, COMPLETE_STALL_S)
         self._stall_logged = False
         self.stalled_windows = 0  # complete mode: windows cut before a stalled input caught up
@@ -84,7 +85,7 @@ class FusionStage(Stage):
         self.event_seq = 0
         # The newest message of each stream and when it arrived here (latency breakdown).
         self.latest: dict[str, tuple[Message, int]] = {}
-        extra = self.params.get("events_address")
+        extra = self.params.events_address
         if extra and self.pub is not None:
             self.pub.bind(extra)  # the public address agents and dashboards subscribe to
 
@@ -97,20 +98,16 @@ class FusionStage(Stage):
             hop = self.buffer.hop_s
             self.buffer.next_t1 = max(hop, math.ceil(msg.t_media_s / hop - 1e-9) * hop)
         if msg.kind == "face_features" and msg.arrays:
-            self.buffer.add_vision(msg.t_media_s, msg.arrays[0], bool(msg.meta.get("present", False)))
+            self.buffer.add_vision(msg.t_media_s, msg.arrays[0], FacePayload.from_meta(msg.meta).present)
             self.clock = max(self.clock, msg.t_media_s)
         elif msg.kind == "audio_features" and len(msg.arrays) == 2:
             self.buffer.add_audio(msg.arrays[1], msg.arrays[0])
             self.clock = max(self.clock, msg.t_media_s)
         elif msg.kind == "words":
-            through = msg.meta.get("final_through_s", msg.t_media_s)
-            if isinstance(through, (int, float)) and math.isfinite(through):
-                self.complete_clock.advance("words", through, time.monotonic())
-            committed = [_word(w) for w in msg.meta.get("committed", [])]
-            partial = [_word(w) for w in msg.meta.get("partial", [])]
-            committed = [w for w in committed if w]
-            self.buffer.add_words(committed, [w for w in partial if w])
-            self.new_words.extend(committed)
+            words = WordsPayload.from_meta(msg.meta, default_through_s=msg.t_media_s)
+            self.complete_clock.advance("words", words.final_through_s, time.monotonic())
+            self.buffer.add_words(words.committed, words.partial)
+            self.new_words.extend(words.committed)
             if self.expected_inputs <= {"words"}:
                 self.clock = max(self.clock, msg.t_media_s)
         else:
@@ -248,10 +245,3 @@ class FusionStage(Stage):
         newest = max((m.t_capture_ns for m, _ in self.latest.values()), default=t_emit)
         out["capture_to_emit"] = _ms(newest, t_emit)
         return out
-
-
-def _word(d: dict) -> WordSpan | None:
-    try:
-        return WordSpan(str(d["text"]), float(d["start_s"]), float(d["end_s"]), float(d.get("probability", 1.0)))
-    except (KeyError, TypeError, ValueError):
-        return None

@@ -11,7 +11,7 @@ from ..stage import Stage
 
 class SinkStage(Stage):
     def setup(self) -> None:
-        path = self.params.get("jsonl") or ""
+        path = self.params.jsonl
         self.file = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ class FileSource(Stage):
         from ...perception.media import MediaError, probe_media
 
         src = self.config.source
-        self.path = Path(self.params.get("path") or (src.path if src.kind == "file" else demo_clip_path()))
+        self.path = Path(self.params.path or (src.path if src.kind == "file" else demo_clip_path()))
         if not self.path.is_file():
             raise FatalStageError(f"media file not found: {self.path} (give an existing file or use --source demo)")
         try:
@@ -56,8 +56,8 @@ class FileSource(Stage):
         self.events_t: float | None = None  # newest event window end (pace = "fast")
         self._event_wall = 0.0  # wall time that event arrived
         self._hold_released = False  # no event for FAST_HOLD_MAX_S: not waiting for them
-        self.media_pos = float(self.params.get("resume_from_s", 0.0))
-        if not self.params.get("resume_from_s"):
+        self.media_pos = float(self.params.resume_from_s)
+        if not self.params.resume_from_s:
             self._check_decodable()
 
     def _check_decodable(self) -> None:
@@ -129,7 +129,7 @@ class FileSource(Stage):
         duration = src.duration_s if src.duration_s > 0 else float("inf")
         offset = 0.0
         missing = [s for s in self.output_streams if not self.tracks.get(s, True)]
-        if self.paced_by_events and missing and not self.params.get("resume_from_s"):
+        if self.paced_by_events and missing and not self.params.resume_from_s:
             self.publish_eos(self.media_pos, streams=missing)
         while not self.stopping:
             length = self._play_once(offset, duration)
@@ -142,7 +142,7 @@ class FileSource(Stage):
 
     def _check_damage(self, length: float, duration: float) -> None:
         """After the first pass: an empty or truncated file gets one clear line."""
-        if self.counters.published == 0 and not self.params.get("resume_from_s"):
+        if self.counters.published == 0 and not self.params.resume_from_s:
             raise FatalStageError(
                 f"media file {self.path} holds no decodable video frames or audio samples (empty or damaged)"
             )
@@ -249,7 +249,7 @@ class MicrophoneSource(Stage):
 
     def setup(self) -> None:
         src = self.config.source
-        device = self.params.get("microphone", src.microphone)
+        device = self.params.microphone if self.params.microphone is not None else src.microphone
         self.device_name = device
         try:
             import sounddevice as sd
