@@ -24,7 +24,6 @@ thread touches the socket. Like the fusion server, it binds loopback unless ``--
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import os
@@ -39,7 +38,7 @@ import zmq
 
 from ..perception.asr import AsrOptions, DecodeError, load_whisper
 from .messages import Message, MessageError, decode, encode, now_ns
-from .rpc import bind_router, send_before, serve_until_stopped
+from .rpc import bind_router, send_before
 from .security import is_local_address
 
 log = logging.getLogger("sentistream.asr_server")
@@ -407,47 +406,3 @@ class RemoteWhisper:
 
     def close(self) -> None:
         self.sock.close(linger=0)
-
-
-# --------------------------------------------------------------------------- CLI
-def cmd_serve_asr(args: argparse.Namespace) -> int:
-    import sys
-
-    from .config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    opts = cfg.asr
-    opts.server = ""  # this process is the server
-    try:
-        server = WhisperServer(opts, args.address, args.workers, args.max_queue, args.allow_remote)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return serve_until_stopped(
-        server,
-        f"Whisper server on {server.address}: {server.info['model_dir']} on {server.info['device']} "
-        f"({server.info['compute_type']}), {server.workers} workers",
-        "Whisper server",
-    )
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("serve-asr", help="serve one Whisper model to many sessions' ASR stages")
-    p.add_argument(
-        "--address",
-        default=DEFAULT_ADDRESS,
-        help=f"where to bind (default {DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
-    )
-    p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([asr])")
-    p.add_argument("--workers", type=int, default=2, help="decodes run at once on the one model (default 2)")
-    p.add_argument("--max-queue", type=int, default=256, help="queued requests before 'overloaded' (default 256)")
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow binding a non-loopback interface (requests are not authenticated)",
-    )
-    p.set_defaults(func=cmd_serve_asr)

@@ -31,7 +31,6 @@ Security: the server binds 127.0.0.1 by default and refuses any other interface 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import threading
 import time
@@ -42,10 +41,9 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .config import BACKENDS
 from .fusion_wire import DEFAULT_ADDRESS, TOPIC, arrays_to_inputs
 from .messages import Message, MessageError, decode, encode, now_ns
-from .rpc import bind_router, serve_until_stopped
+from .rpc import bind_router
 from .security import is_local_address
 
 log = logging.getLogger("sentistream.fusion_server")
@@ -406,79 +404,3 @@ def _text_dim(config) -> int:
         return int(json.loads((Path(model_dir) / "config.json").read_text())["hidden_size"])
     except (OSError, KeyError, ValueError):
         return 384
-
-
-# --------------------------------------------------------------------------- CLI
-def cmd_serve(args: argparse.Namespace) -> int:
-    import sys
-
-    from .config import ConfigError, load_config
-
-    overrides: dict[str, Any] = {}
-    fusion: dict[str, Any] = {}
-    if args.model:
-        fusion["model"] = args.model
-    if args.backend:
-        fusion["backend"] = args.backend
-    if args.device:
-        fusion["device"] = args.device
-    if fusion:
-        overrides["fusion"] = fusion
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        server = build_server(
-            cfg,
-            args.address,
-            args.max_batch,
-            args.max_queue_delay_us,
-            args.max_queue_per_session,
-            args.allow_remote,
-            args.threads,
-        )
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return serve_until_stopped(
-        server,
-        f"fusion server on {server.address}: {server.info['model']} via {server.info['backend']} "
-        f"({server.info['reason']}), max batch {server.max_batch}, "
-        f"max queue delay {server.delay_ns // 1000} us",
-        "fusion server",
-    )
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve the fusion model to many sessions, batched dynamically")
-    p.add_argument(
-        "--address",
-        default=DEFAULT_ADDRESS,
-        help=f"where to bind (default {DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
-    )
-    p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([fusion])")
-    p.add_argument("--model", default=None, help="fusion model: 'default' or a zoo name")
-    p.add_argument("--backend", default=None, choices=BACKENDS)
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
-    p.add_argument("--max-batch", type=int, default=None, help="largest batch (default fusion.max_batch)")
-    p.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        default=2000,
-        help="longest time a request waits for others to join its batch (default 2000)",
-    )
-    p.add_argument(
-        "--max-queue-per-session",
-        type=int,
-        default=64,
-        help="requests queued per session before its new ones are refused (default 64)",
-    )
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow binding a non-loopback interface (requests are not authenticated)",
-    )
-    p.set_defaults(func=cmd_serve)

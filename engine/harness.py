@@ -99,14 +99,7 @@ def run_stage(
         for msg in inputs:
             stage._track_sequence(msg)
             stage.counters.received += msg.kind != "eos"
-            if msg.kind == "eos":
-                stage._eos_meta = msg.meta
-                try:
-                    stage.on_eos(msg)
-                finally:
-                    stage._eos_meta = {}
-            else:
-                stage.on_message(msg)
+            stage.handle(msg)
         deadline = time.monotonic() + idle_timeout_s
         while expect is not None and not expect(run) and time.monotonic() < deadline:
             stage.on_idle()

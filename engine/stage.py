@@ -378,16 +378,20 @@ class Stage:
             kept.append(m)
         return kept
 
+    def handle(self, msg: Message) -> None:
+        """One decoded message to its hook: ``on_eos`` for an end of stream, else ``on_message``."""
+        if msg.kind == "eos":
+            self._eos_meta = msg.meta
+            try:
+                self.on_eos(msg)
+            finally:
+                self._eos_meta = {}
+        else:
+            self.on_message(msg)
+
     def _dispatch(self, msg: Message) -> None:
         try:
-            if msg.kind == "eos":
-                self._eos_meta = msg.meta
-                try:
-                    self.on_eos(msg)
-                finally:
-                    self._eos_meta = {}
-            else:
-                self.on_message(msg)
+            self.handle(msg)
         except FatalStageError:
             raise
         except Exception:  # one bad message must not end the stage

@@ -149,7 +149,7 @@ def test_missing_required_model_fails(tmp_path, capsys):
 def test_doctor_is_a_cli_subcommand():
     from sentistream import cli
 
-    assert doctor in cli._command_modules()
+    assert doctor.register in cli._registrars()
     args = cli.build_parser().parse_args(["doctor", "--json", "--no-open"])
     assert args.func is doctor.cmd_doctor and args.json and args.no_open
     run = cli.build_parser().parse_args(["run", "--dashboard"])

@@ -42,7 +42,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "Stages": ("engine/stages/",),
     "App": (
-        "cli.py",
+        "cli/",
         "client.py",
         "engine/dashboard.py",
         "engine/view.py",

@@ -11,9 +11,9 @@ from pathlib import Path
 def cmd_train(args) -> int:
     import tomllib
 
-    from . import registry
-    from .data import load_dataset
-    from .training import TrainConfig, best_of_seeds, train_seeds
+    from ..models import registry
+    from ..models.data import load_dataset
+    from ..models.training import TrainConfig, best_of_seeds, train_seeds
 
     if args.model not in registry.available():
         print(f"error: unknown model {args.model!r} (available: {', '.join(registry.available())})", file=sys.stderr)
@@ -64,9 +64,9 @@ PASSTHROUGH_COMMANDS = ("train-live", "train-text")
 def run_passthrough(command: str, argv: list[str]) -> int:
     """The one dispatch of ``train-live`` / ``train-text``."""
     if command == "train-live":
-        from .live_training import main
+        from ..models.live_training import main
     elif command == "train-text":
-        from .text_finetune import main
+        from ..models.text_finetune import main
     else:
         raise ValueError(f"not a pass-through command: {command!r}")
     return int(main(argv) or 0)

@@ -1,4 +1,5 @@
-"""The `sentistream` command line."""
+"""The `sentistream` command line: `run` and `config` here, every other command in its own
+module of this package (extract, serve, keys, train) or beside what it drives (doctor, bench)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +17,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at ru
 log = logging.getLogger("sentistream")
 
 
-def _command_modules() -> list[Any]:
-    """Modules that add sub-commands; each exposes register(subparsers) and imports heavy
-    libraries only inside its command function, so `sentistream --help` stays fast."""
-    from .bench import cli as bench_cli  # sentistream bench <latency|throughput|soak|perception|accuracy>
-    from .engine import asr_server, doctor, fusion_server, security
-    from .models import train_cli  # sentistream train / train-live / train-text
-    from .perception import extract
+def _registrars() -> list[Callable[[Any], None]]:
+    """Each adds its sub-command(s) to the parser; command modules import heavy libraries only
+    inside their command functions, so `sentistream --help` stays fast."""
+    from ..bench import cli as bench_cli
+    from ..engine import doctor
+    from . import extract, keys, serve, train
 
-    # serve, serve-asr, keys (CURVE key pairs)
-    return [extract, doctor, fusion_server, asr_server, bench_cli, security, train_cli]
+    return [
+        extract.register_extract,  # sentistream extract
+        doctor.register,  # sentistream doctor
+        serve.register_serve,  # sentistream serve (fusion server)
+        serve.register_serve_asr,  # sentistream serve-asr (Whisper server)
+        bench_cli.register,  # sentistream bench <latency|throughput|soak|perception|accuracy>
+        keys.register_keys,  # sentistream keys (CURVE key pairs)
+        train.register,  # sentistream train / train-live / train-text
+    ]
 
 
 def _parse_source(value: str) -> dict[str, Any]:
@@ -99,10 +107,10 @@ def _preflight_devices(cfg) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .engine.config import ConfigError, load_config
-    from .engine.supervisor import Supervisor
-    from .engine.view import EventView
-    from .pipelines.standard import standard_pipeline
+    from ..engine.config import ConfigError, load_config
+    from ..engine.supervisor import Supervisor
+    from ..engine.view import EventView
+    from ..pipelines.standard import standard_pipeline
 
     try:
         cfg = load_config(args.config, _run_overrides(args))
@@ -130,7 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dashboard is not None:
         import shutil
 
-        from .engine.dashboard import start_dashboard
+        from ..engine.dashboard import start_dashboard
 
         try:
             dashboard = start_dashboard(args.dashboard, supervisor)
@@ -153,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from .engine.config import ConfigError, load_config
+    from ..engine.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)
@@ -198,14 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     conf = sub.add_parser("config", help="print the effective configuration (checks every key)")
     conf.add_argument("--config", default=None)
     conf.set_defaults(func=cmd_config)
-    for module in _command_modules():
-        module.register(sub)  # each module adds its own sub-command(s)
+    for register in _registrars():
+        register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    from .models.train_cli import PASSTHROUGH_COMMANDS, run_passthrough
+    from .train import PASSTHROUGH_COMMANDS, run_passthrough
 
     if argv[:1] and argv[0] in PASSTHROUGH_COMMANDS:  # every option is the trainer's own, --help included
         return run_passthrough(argv[0], argv[1:])
@@ -214,7 +222,3 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ["SENTISTREAM_LOG_LEVEL"] = logging.getLevelName(max(level, logging.DEBUG))
     return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

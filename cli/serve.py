@@ -1,0 +1,128 @@
+"""`sentistream serve` (the fusion server) and `sentistream serve-asr` (the Whisper server)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..engine import asr_server, fusion_server
+from ..engine.config import BACKENDS
+from ..engine.rpc import serve_until_stopped
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..engine.config import ConfigError, load_config
+
+    overrides: dict[str, Any] = {}
+    fusion: dict[str, Any] = {}
+    if args.model:
+        fusion["model"] = args.model
+    if args.backend:
+        fusion["backend"] = args.backend
+    if args.device:
+        fusion["device"] = args.device
+    if fusion:
+        overrides["fusion"] = fusion
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = fusion_server.build_server(
+            cfg,
+            args.address,
+            args.max_batch,
+            args.max_queue_delay_us,
+            args.max_queue_per_session,
+            args.allow_remote,
+            args.threads,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve_until_stopped(
+        server,
+        f"fusion server on {server.address}: {server.info['model']} via {server.info['backend']} "
+        f"({server.info['reason']}), max batch {server.max_batch}, "
+        f"max queue delay {server.delay_ns // 1000} us",
+        "fusion server",
+    )
+
+
+def register_serve(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve the fusion model to many sessions, batched dynamically")
+    p.add_argument(
+        "--address",
+        default=fusion_server.DEFAULT_ADDRESS,
+        help=f"where to bind (default {fusion_server.DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
+    )
+    p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([fusion])")
+    p.add_argument("--model", default=None, help="fusion model: 'default' or a zoo name")
+    p.add_argument("--backend", default=None, choices=BACKENDS)
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
+    p.add_argument("--max-batch", type=int, default=None, help="largest batch (default fusion.max_batch)")
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=2000,
+        help="longest time a request waits for others to join its batch (default 2000)",
+    )
+    p.add_argument(
+        "--max-queue-per-session",
+        type=int,
+        default=64,
+        help="requests queued per session before its new ones are refused (default 64)",
+    )
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding a non-loopback interface (requests are not authenticated)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve_asr(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..engine.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts = cfg.asr
+    opts.server = ""  # this process is the server
+    try:
+        server = asr_server.WhisperServer(opts, args.address, args.workers, args.max_queue, args.allow_remote)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return serve_until_stopped(
+        server,
+        f"Whisper server on {server.address}: {server.info['model_dir']} on {server.info['device']} "
+        f"({server.info['compute_type']}), {server.workers} workers",
+        "Whisper server",
+    )
+
+
+def register_serve_asr(subparsers) -> None:
+    p = subparsers.add_parser("serve-asr", help="serve one Whisper model to many sessions' ASR stages")
+    p.add_argument(
+        "--address",
+        default=asr_server.DEFAULT_ADDRESS,
+        help=f"where to bind (default {asr_server.DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
+    )
+    p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([asr])")
+    p.add_argument("--workers", type=int, default=2, help="decodes run at once on the one model (default 2)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued requests before 'overloaded' (default 256)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding a non-loopback interface (requests are not authenticated)",
+    )
+    p.set_defaults(func=cmd_serve_asr)
