@@ -4,10 +4,9 @@ find stages, read their memory and check that nothing is left behind through the
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-_STAGE_NAME = re.compile(r'"name": "([^"]+)"')
+_WORKER = "sentistream.engine.worker"
 
 
 def descendants(pid: int) -> list[int]:
@@ -48,10 +47,12 @@ def cmdline(pid: int) -> str:
 
 
 def stage_name(pid: int) -> str | None:
-    """The stage a graph process runs (the ``"name"`` of the spec on its command line); None for a
+    """The stage a graph process runs (``python -m sentistream.engine.worker NAME``); None for a
     process that is no stage (the supervisor) or has gone."""
-    m = _STAGE_NAME.search(cmdline(pid))
-    return m.group(1) if m else None
+    argv = cmdline(pid).split("\0")
+    if _WORKER in argv and argv.index(_WORKER) + 1 < len(argv):
+        return argv[argv.index(_WORKER) + 1] or None
+    return None
 
 
 def stage_pids(root: int, stage: str) -> list[int]:

@@ -35,6 +35,22 @@ def _registrars() -> list[Callable[[Any], None]]:
     ]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the *current* sys.stderr, so that while the live view runs (rich redirects
+    sys.stderr) a log line is printed above the panel instead of breaking it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _parse_source(value: str) -> dict[str, Any]:
     """demo | webcam[:N] | file:PATH | PATH | none  ->  [source] overrides."""
     if value == "demo":
@@ -132,7 +148,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     params = {"sink": {"jsonl": str(Path(args.jsonl).resolve()) if args.jsonl else ""}}
     if args.jsonl:
         Path(args.jsonl).write_text("")  # a fresh file per run; a restarted sink appends
-    supervisor = Supervisor(pipeline, cfg, params)
+    # -v: the stages' own output (native libraries included) on the terminal, not in the stage log
+    stage_output = "terminal" if getattr(args, "verbose", 0) else "log"
+    supervisor = Supervisor(pipeline, cfg, params, stage_output=stage_output)
     view = EventView(mode=args.view, events_address=supervisor.events_address)
     dashboard = None
     if args.dashboard is not None:
@@ -174,7 +192,13 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sentistream", description="Streaming multimodal sentiment engine.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output, and the stages' own output on the terminal (-vv for debug)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the live graph on a source and stream sentiment events")
@@ -219,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_passthrough(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=max(level, logging.DEBUG), handlers=[handler])
     os.environ["SENTISTREAM_LOG_LEVEL"] = logging.getLevelName(max(level, logging.DEBUG))
     return int(args.func(args) or 0)

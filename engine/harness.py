@@ -148,10 +148,15 @@ class IsolatedStage:
             params={"outputs": [out], **params},
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sentistream.engine.worker", spec.to_json()],
+            [sys.executable, "-m", "sentistream.engine.worker", spec.name],
+            stdin=subprocess.PIPE,
             stderr=subprocess.PIPE if capture_stderr else None,
             text=True,
         )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(spec.to_json() + "\n")  # the spec goes through a pipe, as the supervisor sends it
+        self.proc.stdin.close()
+        self.proc.stdin = None  # communicate() must not touch the closed pipe
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, out.encode())
         self.sub.connect(out_addr)

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
@@ -152,6 +154,8 @@ class Stage:
         self._eos_meta: dict[str, Any] = {}  # reason of the eos being handled, forwarded downstream
         self._lost = dict(spec.params.simulate_device_lost) if spec.params.simulate_device_lost else None
         self._finished = False  # a processor left its loop after its final output (finish())
+        self._log_queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()  # see forward_logs
+        self.control: Any = None
         self._last_stats = 0.0
         self.ctx = zmq.Context.instance()
         self.pub: zmq.Socket | None = None
@@ -262,7 +266,26 @@ class Stage:
         except zmq.Again:
             pass  # the supervisor is gone or busy; it will see the process state
 
+    def forward_logs(self, level: int = logging.WARNING) -> None:
+        """Send this process's log records at ``level`` and above to the supervisor (control
+        channel, type "log"), which logs them on the terminal; everything else stays in the stage
+        log. Records from any thread are queued and sent from the stage's own loop."""
+        handler = _QueueHandler(self._log_queue)
+        handler.setLevel(level)
+        logging.getLogger().addHandler(handler)
+
+    def _flush_logs(self) -> None:
+        if getattr(self, "control", None) is None or threading.current_thread() is not threading.main_thread():
+            return
+        while True:
+            try:
+                record = self._log_queue.get_nowait()
+            except queue.Empty:
+                return
+            self.report("log", level=record["level"], logger=record["logger"], message=record["message"])
+
     def maybe_send_stats(self, force: bool = False) -> None:
+        self._flush_logs()
         now = time.monotonic()
         if force or now - self._last_stats >= self.config.supervisor.stats_interval_s:
             self._last_stats = now
@@ -454,6 +477,7 @@ class Stage:
             return EXIT_FATAL
         finally:
             self.teardown()
+            self._flush_logs()
             for sock in (self.sub, self.pub, self.commands):
                 if sock is not None:
                     sock.close(linger=200)
@@ -474,6 +498,24 @@ class Stage:
         """Sources call this often: commands and counters."""
         self._poll_commands()
         self.maybe_send_stats()
+
+
+class _QueueHandler(logging.Handler):
+    """Keeps a log record's level, logger name and text (with its traceback) for forward_logs."""
+
+    def __init__(self, target: queue.SimpleQueue) -> None:
+        super().__init__()
+        self.target = target
+        self._formatter = logging.Formatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + self._formatter.formatException(record.exc_info)
+            self.target.put({"level": record.levelno, "logger": record.name, "message": message[-8000:]})
+        except Exception:  # logging must never break the stage
+            self.handleError(record)
 
 
 def _pid() -> int:

@@ -38,6 +38,11 @@ from .stage import EXIT_FATAL, StageParams, StageSpec
 
 log = logging.getLogger("sentistream.supervisor")
 
+STAGE_LOG = "stages.log"
+#: Native libraries' own log levels, set for the stages when their output goes to the stage log:
+#: glog (mediapipe) and TensorFlow Lite print INFO / WARNING lines straight to file descriptor 2.
+QUIET_NATIVE_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_logtostderr": "1"}
+
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -76,6 +81,7 @@ class RunResult:
     # (session time), respawn_s / ready_s / flowing_s (seconds after the death was seen)
     restart_log: list[dict[str, Any]] = field(default_factory=list)
     device_events: list[dict[str, Any]] = field(default_factory=list)  # cameras / microphones lost
+    stage_log: str = ""  # the stages' own output (native libraries included); "" = on the terminal
 
 
 class Supervisor:
@@ -85,12 +91,20 @@ class Supervisor:
         config: EngineConfig,
         stage_params: dict[str, dict[str, Any]] | None = None,
         run_dir: str | None = None,
+        stage_output: str = "log",
     ) -> None:
+        """``stage_output``: "log" puts every stage's stdout / stderr in ``run_dir/stages.log``
+        (kept after the run) and forwards only their WARNING / ERROR records to this process's
+        logging; "terminal" leaves the stages' output on the terminal, native libraries included."""
+        if stage_output not in ("log", "terminal"):
+            raise ValueError(f"stage_output must be 'log' or 'terminal', not {stage_output!r}")
         self.pipeline = pipeline
         self.config = config
         self.stage_params = stage_params or {}
         self._own_run_dir = run_dir is None
-        self.run_dir = run_dir or tempfile.mkdtemp(prefix="sentistream-")
+        self.run_dir = run_dir or tempfile.mkdtemp(prefix="sentistream-")  # private: mode 0700
+        self.stage_output = stage_output
+        self.stage_log = os.path.join(self.run_dir, STAGE_LOG) if stage_output == "log" else ""
         self.ctx = zmq.Context.instance()
         self.stopping = False
         self.error = ""
@@ -144,15 +158,35 @@ class Supervisor:
         env = dict(os.environ)
         env["SENTISTREAM_PARENT_PID"] = str(os.getpid())
         env.setdefault("HF_HUB_OFFLINE", "1")
-        sp.proc = subprocess.Popen(
-            [sys.executable, "-m", "sentistream.engine.worker", sp.spec.to_json()],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            # Own session: a terminal's Ctrl-C reaches only the supervisor, which
-            # then stops the stages in order instead of racing their restarts.
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        out = None
+        if self.stage_log:
+            env.update(QUIET_NATIVE_ENV)
+            env["SENTISTREAM_FORWARD_LOGS"] = "1"  # WARNING / ERROR records come back on the control channel
+            out = open(self.stage_log, "ab")  # noqa: SIM115 - the child holds it; ours closes below
+        try:
+            # argv names only the stage: the spec (the whole config) goes through a pipe, so
+            # `ps` shows short command lines and no local user reads the configuration there.
+            sp.proc = subprocess.Popen(
+                [sys.executable, "-m", "sentistream.engine.worker", sp.spec.name],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT if out is not None else None,
+                # Own session: a terminal's Ctrl-C reaches only the supervisor, which
+                # then stops the stages in order instead of racing their restarts.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            if out is not None:
+                out.close()
+        assert sp.proc.stdin is not None
+        try:
+            sp.proc.stdin.write(sp.spec.to_json().encode() + b"\n")
+            sp.proc.stdin.close()
+        except BrokenPipeError:  # it died at once; _check_processes restarts it
+            pass
+        sp.proc.stdin = None
         sp.pids.append(sp.proc.pid)
         sp.started_at = time.monotonic()
         sp.ready = sp.started = False
@@ -172,13 +206,14 @@ class Supervisor:
         level = logging.WARNING if sp.consecutive_failures < 3 else logging.ERROR
         log.log(
             level,
-            "stage %s exited with code %s after %.1f s; restarting in %.2f s (failure %d in a row%s)",
+            "stage %s exited with code %s after %.1f s; restarting in %.2f s (failure %d in a row%s)%s",
             sp.spec.name,
             code,
             uptime,
             delay,
             sp.consecutive_failures,
             "; it keeps crashing: backing off" if sp.consecutive_failures >= 3 else "",
+            f"; its output is in {self.stage_log}" if self.stage_log else "",
         )
         record = {
             "stage": sp.spec.name,
@@ -277,6 +312,14 @@ class Supervisor:
         elif kind == "fatal":
             self.error = str(body.get("error", "fatal error"))
             self.stop("fatal")
+        elif kind == "log":  # a stage's WARNING / ERROR record (its full output is in the stage log)
+            level = body.get("level")
+            logging.getLogger(str(body.get("logger") or "sentistream")).log(
+                level if isinstance(level, int) else logging.WARNING,
+                "[%s] %s",
+                sp.spec.name,
+                str(body.get("message", "")),
+            )
 
     def _send_command(self, topic: str, body: dict[str, Any]) -> None:
         self.command.send_multipart([topic.encode(), json.dumps(body).encode()])
@@ -378,6 +421,7 @@ class Supervisor:
             error=self.error,
             restart_log=[dict(r) for r in self.restart_log],
             device_events=list(self.device_events),
+            stage_log=self.stage_log if self.stage_log and _non_empty(self.stage_log) else "",
         )
 
     def _fold_counters(self, sp: StageProcess) -> None:
@@ -447,10 +491,34 @@ class Supervisor:
             sock.close(linger=0)
         self.security.close()
         if self._own_run_dir:
+            self._clean_run_dir()
+
+    def _clean_run_dir(self) -> None:
+        """Remove what the run made (sockets, keys); keep the stage log when it holds anything."""
+        keep = self.stage_log if self.stage_log and _non_empty(self.stage_log) else ""
+        for name in os.listdir(self.run_dir):
+            path = os.path.join(self.run_dir, name)
+            if path == keep:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        if not keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def all_pids(self) -> list[int]:
         return [pid for sp in self.stages.values() for pid in sp.pids]
+
+
+def _non_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False
 
 
 def _add_counters(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

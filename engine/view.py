@@ -129,3 +129,5 @@ class EventView:
             f"malformed: {malformed or 'none'}",
             file=sys.stderr,
         )
+        if getattr(result, "stage_log", ""):
+            print(f"stage output (native libraries included): {result.stage_log}", file=sys.stderr)

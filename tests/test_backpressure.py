@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import zmq
 from conftest import interrupt_and_reap, read_jsonl, sentistream_cmd
 
-from sentistream.bench.procs import cmdline, descendants, memory_kb, stage_name
+from sentistream.bench.procs import descendants, memory_kb, stage_name
 from sentistream.engine.messages import decode, now_ns
 from sentistream.engine.supervisor import free_tcp_port
 
@@ -68,7 +68,9 @@ def test_stalled_subscribers_leave_memory_bounded_and_get_fresh_data(tmp_path, a
             for pid in [proc.pid, *descendants(proc.pid)]
         }
         media_pid = next(p for p, n in tree.items() if n == "media")
-        media_out = re.search(r'"output_address": "([^"]+)"', cmdline(media_pid)).group(1)
+        # the stages write to the run's stage log: its folder holds the media stage's ipc socket
+        run_dir = Path(os.readlink(f"/proc/{media_pid}/fd/1")).parent
+        media_out = f"ipc://{run_dir / 'media.sock'}"
         # Two subscribers that will not read: default receive queues (1000 messages; the video
         # one is kept small only so that the test process itself stays small).
         ev = ctx.socket(zmq.SUB)

@@ -204,7 +204,7 @@ def test_device_lost_is_logged_and_other_modalities_go_on(tmp_path, caplog):
     assert len(result.device_events) == 1, result.device_events
     dev = result.device_events[0]
     assert dev["stage"] == "media" and dev["stream"] == "video" and dev["t_media_s"] >= lost_at
-    lines = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sentistream.supervisor" and "lost" in r.getMessage()]
     assert len(lines) == 1 and "video" in lines[0] and "masked" in lines[0], lines
     # the reason travels downstream with the eos (face forwards it to fusion)
     assert {"reason": "device_lost"} in face_eos, face_eos

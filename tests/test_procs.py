@@ -1,9 +1,8 @@
 """bench.procs on a real process tree: a parent that starts a "stage" child the way the supervisor
-does (the stage's JSON spec on its command line) and a grandchild in its own session."""
+does (`... -m sentistream.engine.worker NAME`, the spec on its stdin) and a grandchild in its own session."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,9 +12,9 @@ import time
 from sentistream.bench.procs import cmdline, descendants, memory_kb, pid_alive, stage_name, stage_pids
 
 PARENT = r"""
-import json, subprocess, sys, time
-spec = json.dumps(dict(name="fusion", kind="fusion", config=dict(name="not-this-one")))
-stage = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", spec])
+import subprocess, sys, time
+sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+stage = subprocess.Popen([*sleep, "-m", "sentistream.engine.worker", "fusion"])
 other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
 print(stage.pid, other.pid, flush=True)
 time.sleep(60)
@@ -28,10 +27,10 @@ def test_tree_stage_names_memory_and_zombies():
         stage, other = map(int, parent.stdout.readline().split())
         tree = descendants(parent.pid)
         assert set(tree) == {stage, other}, tree  # its own session still counts
-        assert stage_name(stage) == "fusion"  # the spec's first "name", not a nested one
+        assert stage_name(stage) == "fusion"  # the name after the worker module
         assert stage_name(other) is None and stage_name(parent.pid) is None
         assert stage_pids(parent.pid, "fusion") == [stage] and stage_pids(parent.pid, "asr") == []
-        assert json.loads(cmdline(stage).split("\0")[3])["kind"] == "fusion"
+        assert cmdline(stage).split("\0")[-2] == "fusion" and "{" not in cmdline(stage)
         mem = memory_kb(stage)
         assert 0 < mem["VmRSS"] <= mem["VmHWM"], mem
         # killed but not yet reaped by its parent: a zombie, left behind, no longer alive

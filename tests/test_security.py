@@ -20,7 +20,7 @@ import zmq
 import zmq.auth
 from conftest import REPO, interrupt_and_reap, read_jsonl, sentistream_cmd
 
-from sentistream.bench.procs import cmdline, descendants, stage_pids
+from sentistream.bench.procs import descendants, stage_pids
 from sentistream.engine.config import ConfigError, load_config
 from sentistream.engine.messages import decode
 from sentistream.engine.security import is_local_address, is_loopback_host
@@ -108,8 +108,9 @@ def test_non_loopback_with_keys_is_accepted_and_uses_curve(tmp_path, keys_dir):
         load_config(_config(tmp_path, f'[transport]\ncurve = true\ncurve_keys_dir = "{empty}"\n'))
 
 
-def _listening_addresses(pids: list[int]) -> list[str]:
-    """Local addresses of the TCP sockets these processes listen on (from /proc)."""
+def _listening_addresses(pids: list[int], with_port: bool = False) -> list[str]:
+    """Local addresses (``host:port`` with ``with_port``) of the TCP sockets these processes
+    listen on (from /proc)."""
     inodes = set()
     for pid in pids:
         try:
@@ -127,11 +128,12 @@ def _listening_addresses(pids: list[int]) -> list[str]:
         for line in Path(table).read_text().splitlines()[1:]:
             f = line.split()
             if f[3] == "0A" and f[9] in inodes:  # LISTEN
-                addr = f[1].split(":")[0]
+                addr, port = f[1].split(":")
                 if width == 8:
-                    out.append(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+                    host = ".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0))
                 else:
-                    out.append("v6:" + addr)
+                    host = "v6:" + addr
+                out.append(f"{host}:{int(port, 16)}" if with_port else host)
     return out
 
 
@@ -195,9 +197,10 @@ def test_curve_run_refuses_peers_without_the_right_keys(tmp_path, keys_dir):
         listening = _listening_addresses(tree)
         assert len(listening) >= 8, listening  # control, command, 5 stage outputs, events
         assert set(listening) == {"127.0.0.1"}, listening
-        # the media stage's output address, from its command line
+        # the media stage's output address: the one TCP socket it listens on (its PUB)
         (media,) = stage_pids(proc.pid, "media")
-        media_out = re.search(r'"output_address": "([^"]+)"', cmdline(media)).group(1)
+        (media_listen,) = _listening_addresses([media], with_port=True)
+        media_out = f"tcp://{media_listen}"
         server_public, _ = zmq.auth.load_certificate(str(keys_dir / "server.key"))
         client_public, client_secret = zmq.auth.load_certificate(str(keys_dir / "client.key_secret"))
         stranger_public, stranger_secret = zmq.curve_keypair()  # a valid key pair the engine does not admit
