@@ -5,6 +5,7 @@ drops what is malformed instead of raising (a bad word never ends a stage).
 
 * ``words`` (asr -> fusion): :class:`WordsPayload` of :class:`Word`.
 * ``face_features`` (face -> fusion): :class:`FacePayload` (the feature vector is the array).
+* ``voice_affect`` (asr -> fusion): :class:`VoicePayload`, the voice's valence over a stretch.
 
 This module imports nothing of the package: perception, the bus and the client share it.
 """
@@ -81,17 +82,71 @@ class WordsPayload:
         )
 
 
+def _unit_or_none(value: Any) -> float | None:
+    """A finite number clipped to [-1, 1], or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return max(-1.0, min(1.0, float(value)))
+
+
 @dataclass
 class FacePayload:
-    """``face_features`` message meta: was a face found, and if not, why."""
+    """``face_features`` message meta: was a face found (if not, why), and its expression:
+    7 class probabilities (perception.expression.EXPRESSIONS order) and a valence in [-1, 1]
+    (None when the expression model is off)."""
 
     present: bool = False
     reason: str = ""
+    valence: float | None = None
+    expression: list[float] | None = None
 
     def to_meta(self) -> dict[str, Any]:
-        return {"present": bool(self.present), "reason": self.reason}
+        meta: dict[str, Any] = {"present": bool(self.present), "reason": self.reason}
+        if self.valence is not None:
+            meta["valence"] = float(self.valence)
+        if self.expression is not None:
+            meta["expression"] = [float(p) for p in self.expression]
+        return meta
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> FacePayload:
         reason = meta.get("reason", "")
-        return cls(present=meta.get("present") is True, reason=reason if isinstance(reason, str) else str(reason))
+        present = meta.get("present") is True
+        expression = meta.get("expression")
+        if not (
+            isinstance(expression, list)
+            and len(expression) == 7
+            and all(_unit_or_none(p) is not None for p in expression)
+        ):
+            expression = None
+        return cls(
+            present=present,
+            reason=reason if isinstance(reason, str) else str(reason),
+            valence=_unit_or_none(meta.get("valence")) if present else None,
+            expression=[float(p) for p in expression] if expression is not None and present else None,
+        )
+
+
+@dataclass
+class VoicePayload:
+    """``voice_affect`` message meta: the voice's valence in [-1, 1] over stream times [t0_s, t1_s];
+    the message time says how far the voice has been read (``valence`` null: no speech there)."""
+
+    t0_s: float
+    t1_s: float
+    valence: float
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"t0_s": float(self.t0_s), "t1_s": float(self.t1_s), "valence": float(self.valence)}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> VoicePayload | None:
+        """None when malformed (missing or non-finite times) or without a valence (silence)."""
+        valence = _unit_or_none(meta.get("valence"))
+        try:
+            t0, t1 = float(meta["t0_s"]), float(meta["t1_s"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if valence is None or not (math.isfinite(t0) and math.isfinite(t1)) or t1 < t0:
+            return None
+        return cls(t0, t1, valence)

@@ -11,9 +11,9 @@ from typing import Any
 
 
 def bench_modules() -> list[Any]:
-    from . import accuracy, latency, perception, soak, throughput
+    from . import accuracy, affect, latency, perception, soak, throughput
 
-    return [latency, throughput, soak, perception, accuracy]
+    return [latency, throughput, soak, perception, accuracy, affect]
 
 
 def register(subparsers) -> None:

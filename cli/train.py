@@ -1,4 +1,5 @@
-"""`sentistream train` (any zoo model on any supported dataset), `train-live` and `train-text`."""
+"""`sentistream train` (any zoo model on any supported dataset), `train-live`, `train-text` and
+`train-voice`."""
 
 from __future__ import annotations
 
@@ -58,15 +59,17 @@ def cmd_train(args) -> int:
 
 #: Commands whose options all belong to their trainer: cli.main hands them the rest of the command
 #: line before argparse sees it (so `train-live --help` is the trainer's help).
-PASSTHROUGH_COMMANDS = ("train-live", "train-text")
+PASSTHROUGH_COMMANDS = ("train-live", "train-text", "train-voice")
 
 
 def run_passthrough(command: str, argv: list[str]) -> int:
-    """The one dispatch of ``train-live`` / ``train-text``."""
+    """The one dispatch of ``train-live`` / ``train-text`` / ``train-voice``."""
     if command == "train-live":
         from ..models.live_training import main
     elif command == "train-text":
         from ..models.text_finetune import main
+    elif command == "train-voice":
+        from ..models.voice_training import main
     else:
         raise ValueError(f"not a pass-through command: {command!r}")
     return int(main(argv) or 0)
@@ -95,3 +98,10 @@ def register(subparsers) -> None:
     )
     text.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/text_finetune.py (--help for them)")
     text.set_defaults(func=lambda args: run_passthrough("train-text", args.rest))
+    voice = subparsers.add_parser(
+        "train-voice",
+        add_help=False,
+        help="train the voice valence head on RAVDESS, speaker-independent (models/affect/)",
+    )
+    voice.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/voice_training.py")
+    voice.set_defaults(func=lambda args: run_passthrough("train-voice", args.rest))

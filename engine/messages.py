@@ -38,6 +38,7 @@ KINDS = frozenset(
         "face_features",  # float32 D vector (+ meta: present, reason)
         "audio_features",  # float32 TxD frames + float64 T frame times
         "words",  # no array; meta: committed/partial words
+        "voice_affect",  # no array; meta: the voice's valence over [t0_s, t1_s] (payloads.VoicePayload)
         "event",  # fusion output; meta carries the JSON event
         "eos",  # end of stream
         "fusion_request",  # fusion server: a window's padded tensors + bool masks (engine/fusion_server.py)

@@ -190,10 +190,12 @@ Registry model **`{meta["model"]}`** (ALMT, Zhang et al., EMNLP 2023), loaded by
 | Audio | engine audio feature frames (log-mel, MFCC, energy, ZCR, F0, voicing, centroid, flux), standardised with the stats stored in the checkpoint | **No sentiment signal.** Label-independent sequences: {meta["data"]["audio"]}; plus Gaussian noise. Present in {100 * meta["data"]["av_batch_prob"] * (1 - meta["train"]["audio_dropout"]):.0f} % of training samples, absent (all-False mask) otherwise. |
 | Vision | engine face-geometry frames (AU-like distances, gaze, head pose, their deltas) | **No sentiment signal.** Label-independent sequences: {meta["data"]["vision"]}, randomly perturbed; plus Gaussian noise. Present in {100 * meta["data"]["av_batch_prob"] * (1 - meta["train"]["vision_dropout"]):.0f} % of training samples, absent otherwise. |
 
-We have no MOSI audio or video, so the audio and vision branches were trained only to be *ignored*:
-the score is a text model's score, and a missing, present or noisy audio / vision input should not
-change it much (measured below). The per-modality `contributions` the model reports for audio and
-vision are ALMT's attention-write norms, not evidence that those modalities carry sentiment here.
+We have no MOSI audio or video, so *this model's* audio and vision inputs were trained only to be
+ignored: its score is a text model's score, and a missing, present or noisy audio / vision input
+should not change it much (measured below). The engine's face and voice count through two other
+branches trained on real labeled data, the face's expression (FER2013) and the voice's valence
+(RAVDESS), joined with this text score by the fusion rule of docs/protocol.md: see
+`models/affect/MODEL_CARD.md`.
 
 ## Measured figures (CMU-MOSI transcripts, std folds; MMSA metrics)
 

@@ -78,6 +78,13 @@ class AsrOptions:
     max_prompt_chars: int = 200
     gap_tolerance_s: float = 0.05  # timestamp jitter between chunks that is ignored
     max_gap_fill_s: float = 1.0  # gaps are zero-filled up to this; longer ones re-anchor the clock
+    # Voice affect (perception/voice.py) on the same Whisper encoder: a valence of the last
+    # voice_window_s of audio every voice_hop_s, when it is louder than voice_min_rms_db.
+    # voice_head: "" = the bundled RAVDESS head, a path = another, "none" = off.
+    voice_head: str = ""
+    voice_window_s: float = 2.0
+    voice_hop_s: float = 0.5
+    voice_min_rms_db: float = -55.0
 
 
 @dataclass

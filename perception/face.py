@@ -31,6 +31,9 @@ class FaceOptions:
     min_face_px: int = 24  # faces smaller than this (shorter bbox side, source pixels) are masked
     min_brightness: float = 8.0  # mean gray level (0..255) below this: frame too dark, masked
     max_side: int = 1280  # frames are downscaled so their longer side is at most this before MediaPipe
+    # Facial expression on the face box (perception/expression.py): "" = the bundled FER2013
+    # mini-Xception, a path = another TFLite model of the same shape, "none" = off.
+    expression_model: str = ""
 
 
 # Landmark indices (MediaPipe canonical mesh). "R" = subject's right = image left.
@@ -104,6 +107,7 @@ class FaceResult:
     reason: str  # one of REASONS
     num_faces: int = 0  # faces MediaPipe found (the largest is used)
     bbox: tuple[float, float, float, float] | None = field(default=None)  # x0, y0, x1, y1 in source pixels
+    expression: np.ndarray | None = None  # float32 (7,) probabilities in EXPRESSIONS order; None: off / no face
 
 
 def _masked(reason: str, num_faces: int = 0) -> FaceResult:
@@ -254,6 +258,9 @@ class FaceFeatureExtractor:
         self._mesh = None
         self._prev: np.ndarray | None = None  # previous frame's state values, None after a gap
         self._open()
+        from .expression import load_expression_model
+
+        self.expression_model = load_expression_model(self.options.expression_model)
 
     def _open(self) -> None:
         import mediapipe as mp  # imported lazily: heavy, and only the face stage needs it
@@ -332,4 +339,11 @@ class FaceFeatureExtractor:
             delta[_N_EXPR:] = _wrap(delta[_N_EXPR:])
         self._prev = state
         feats = np.concatenate([state, delta, [1.0]]).astype(np.float32)
-        return FaceResult(feats, True, best.astype(np.float32), "ok", len(faces), bbox)
+        expression = None
+        if self.expression_model is not None:
+            from .expression import face_crop
+
+            crop = face_crop(gray, bbox)
+            if crop is not None:
+                expression = self.expression_model.predict(crop)[0]
+        return FaceResult(feats, True, best.astype(np.float32), "ok", len(faces), bbox, expression)

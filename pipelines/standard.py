@@ -48,9 +48,15 @@ def standard_pipeline(config: EngineConfig) -> Pipeline:
     if has_audio:
         stages.append(StageDef("audio_features", "audio_features", inputs=("audio",), outputs=("audio_feat",)))
         stages.append(
-            StageDef("asr", "asr", inputs=("audio",), outputs=("words",), params={"nice": config.supervisor.asr_nice})
+            StageDef(
+                "asr",
+                "asr",
+                inputs=("audio",),
+                outputs=("words", "voice"),
+                params={"nice": config.supervisor.asr_nice},
+            )
         )
-        fusion_inputs += ["audio_feat", "words"]
+        fusion_inputs += ["audio_feat", "words", "voice"]
     stages.append(
         StageDef(
             "fusion",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from sentistream.engine.messages import Message, decode, now_ns
-from sentistream.payloads import FacePayload, Word, WordsPayload
+from sentistream.models.late_fusion import fuse
+from sentistream.payloads import FacePayload, VoicePayload, Word, WordsPayload
 
 
 def test_words_payload_keeps_the_wire_keys_and_round_trips():
@@ -54,13 +56,8 @@ def test_fusion_stage_in_process_puts_each_word_in_its_window():
 
     cfg = EngineConfig()
     cfg.fusion.backend = "eager"
-    spec = stage_spec(
-        "fusion",
-        inputs=["face", "audio_feat", "words"],
-        outputs=["events"],
-        config=cfg,
-        expected_inputs=["face", "audio_feat", "words"],
-    )
+    streams = ["face", "audio_feat", "words", "voice"]
+    spec = stage_spec("fusion", inputs=streams, outputs=["events"], config=cfg, expected_inputs=streams)
     stage = FusionStage(spec)
     rng = np.random.default_rng(0)
     inputs: list[Message] = []
@@ -74,7 +71,7 @@ def test_fusion_stage_in_process_puts_each_word_in_its_window():
                 now_ns(),
                 t,
                 [rng.normal(0, 0.1, FACE_FEATURE_DIM).astype(np.float32)],
-                meta=FacePayload(True).to_meta(),
+                meta=FacePayload(True, "ok", 0.8, [0.0, 0.0, 0.0, 0.9, 0.1, 0.0, 0.0]).to_meta(),
             )
         )
         times = t - 0.1 + 0.01 * np.arange(1, 11)
@@ -88,12 +85,14 @@ def test_fusion_stage_in_process_puts_each_word_in_its_window():
                 [rng.normal(0, 1, (10, feature_dim())).astype(np.float32), times],
             )
         )
+        if i % 5 == 4 and i >= 20:  # the voice's valence over the last 2 s, every 0.5 s
+            inputs.append(Message("voice_affect", "voice", i, now_ns(), t, meta=VoicePayload(t - 2, t, -0.5).to_meta()))
         if i in (15, 45):
             words = [Word("really", t - 0.6, t - 0.3), Word("great", t - 0.3, t - 0.05)]
             meta = WordsPayload(words, [], True, t).to_meta()
             meta["committed"].append({"text": "broken"})  # malformed: dropped
             inputs.append(Message("words", "words", i, now_ns(), t, meta=meta))
-    inputs += [Message("eos", s, 0, now_ns(), 6.0) for s in ("face", "audio_feat", "words")]
+    inputs += [Message("eos", s, 0, now_ns(), 6.0) for s in ("face", "audio_feat", "words", "voice")]
     run = run_stage(stage, inputs)
     events = [m.meta for m in run.of_kind("event")]
     assert len(events) >= 20 and run.published[-1].kind == "eos"
@@ -103,4 +102,13 @@ def test_fusion_stage_in_process_puts_each_word_in_its_window():
         for w in e["words"]:
             assert w["end_s"] > e["window"]["t0"] and w["start_s"] < e["window"]["t1"], (w, e["window"])
         assert math.isfinite(e["score"]) and e["modalities"]["vision"] and e["modalities"]["audio"]
+        # the readouts, and a score that is the fusion rule of them, with honest shares
+        r = e["readouts"]
+        assert r["face"] == pytest.approx(0.8) and abs(sum(e["contributions"].values()) - 1) < 1e-3
+        text = r["text"] * 3 if r["text"] is not None else None
+        assert e["score"] == pytest.approx(
+            fuse(text, r["voice"], r["face"], r.get("text_strength", 1.0)).score, abs=2e-3
+        )
+    assert any(e["readouts"]["voice"] == pytest.approx(-0.5) for e in events)
+    assert all(e["readouts"]["voice"] is None for e in events if e["window"]["t1"] <= 2.0)  # none yet
     assert run.counters["errors"] == 0

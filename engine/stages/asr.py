@@ -13,7 +13,9 @@ import logging
 import queue
 import threading
 
-from ...payloads import WordsPayload
+import numpy as np
+
+from ...payloads import VoicePayload, WordsPayload
 from ..messages import Message, now_ns
 from ..stage import Stage
 
@@ -23,10 +25,20 @@ log = logging.getLogger("sentistream.asr")
 class AsrStage(Stage):
     def setup(self) -> None:
         from ...perception.asr import StreamingRecognizer
+        from ...perception.voice import load_voice_affect
         from ..asr_server import open_whisper
 
         opts = self.config.asr
-        self.recognizer = StreamingRecognizer(opts, open_whisper(opts))
+        whisper = open_whisper(opts)
+        self.recognizer = StreamingRecognizer(opts, whisper)
+        # The voice's valence on the same Whisper encoder (not with a Whisper server: its
+        # encoder is elsewhere); the last voice_window_s of audio, every voice_hop_s.
+        self.voice = load_voice_affect(whisper, opts.voice_head)
+        self._voice_audio: list[np.ndarray] = []
+        self._voice_samples = 0
+        self._voice_next_t = 0.0
+        self.voice_readouts = 0
+        self._voice_ended = False
         self.updates: queue.Queue = queue.Queue()
         self.audio_end = 0.0
         # (media time, capture ns) of each chunk's first sample: maps word times to capture times
@@ -63,6 +75,33 @@ class AsrStage(Stage):
         if len(self._clock_map) > 2000:
             del self._clock_map[:1000]
         self._last_trace = dict(msg.trace)
+        if self.voice is not None:
+            self._voice_step(samples, msg)
+        elif not self._voice_ended:  # no voice head here: end the stream so no window waits for it
+            self._voice_ended = True
+            self.publish_eos(msg.t_media_s, streams=["voice"])
+
+    def _voice_step(self, samples: np.ndarray, msg: Message) -> None:
+        opts, sr = self.config.asr, self.config.source.sample_rate
+        keep = int(opts.voice_window_s * sr)
+        self._voice_audio.append(np.asarray(samples, np.float32).reshape(-1))
+        self._voice_samples += self._voice_audio[-1].size
+        while self._voice_audio and self._voice_samples - self._voice_audio[0].size >= keep:
+            self._voice_samples -= self._voice_audio.pop(0).size
+        if self.audio_end + 1e-6 < self._voice_next_t:
+            return
+        self._voice_next_t = self.audio_end + opts.voice_hop_s
+        clip = np.concatenate(self._voice_audio)[-keep:]
+        t1 = self.audio_end
+        meta: dict = {"t0_s": t1 - clip.size / sr, "t1_s": t1, "valence": None}  # None: no speech here
+        if clip.size >= 0.5 * sr and np.isfinite(clip).all():
+            rms_db = 20 * np.log10(float(np.sqrt(np.mean(clip.astype(np.float64) ** 2))) + 1e-12)
+            valence = self.voice.valence(clip) if rms_db >= opts.voice_min_rms_db else None
+            if valence is not None:
+                self.voice_readouts += 1
+                meta = VoicePayload(meta["t0_s"], t1, valence).to_meta()
+        # published in silence too: the message time tells fusion how far the voice has been read
+        self.publish(Message("voice_affect", "voice", 0, msg.t_capture_ns, t1, meta=meta, trace=dict(msg.trace)))
 
     def _capture_ns_at(self, t_media: float) -> int:
         """Capture time of the audio at media time t (when that sound entered the engine)."""
@@ -116,7 +155,7 @@ class AsrStage(Stage):
         self.thread.start()
 
     def stats_extra(self) -> dict:
-        return {"decodes": self.decodes, "audio_end_s": self.audio_end}
+        return {"decodes": self.decodes, "audio_end_s": self.audio_end, "voice_readouts": self.voice_readouts}
 
     def teardown(self) -> None:
         halt = getattr(self, "_halt", None)

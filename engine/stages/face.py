@@ -31,7 +31,7 @@ class FaceStage(Stage):
                 msg.t_capture_ns,
                 msg.t_media_s,
                 [np.asarray(result.features, dtype=np.float32)],
-                meta=FacePayload(bool(result.present), result.reason or "").to_meta(),
+                meta=_payload(result).to_meta(),
                 trace=dict(msg.trace),
             )
         )
@@ -40,3 +40,11 @@ class FaceStage(Stage):
         ex = getattr(self, "extractor", None)
         if ex is not None:
             ex.close()
+
+
+def _payload(result) -> FacePayload:
+    if result.expression is None:
+        return FacePayload(bool(result.present), result.reason or "")
+    from ...perception.expression import valence
+
+    return FacePayload(True, result.reason or "", float(valence(result.expression)), result.expression.tolist())

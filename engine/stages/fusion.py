@@ -22,7 +22,8 @@ import logging
 import math
 import time
 
-from ...payloads import FacePayload, Word, WordsPayload
+from ...models.late_fusion import fuse
+from ...payloads import FacePayload, VoicePayload, Word, WordsPayload
 from ...perception.text import BackgroundTextEncoder
 from ..messages import Message, now_ns
 from ..stage import FatalStageError, Stage
@@ -76,7 +77,11 @@ class FusionStage(Stage):
         self.model.warm_up()
         self.expected_inputs = set(self.params.expected_inputs)
         self.complete = self.params.complete_windows and self.trigger is None
+        # The voice readouts are waited for like any input (the ASR stage ends the stream at once
+        # when it has no voice head, e.g. with a Whisper server).
         self.complete_clock = CompleteClock(self.expected_inputs, COMPLETE_STALL_S)
+        self.face_valence: list[tuple[float, float]] = []  # (frame time, valence), newest last
+        self.voice_valence: list[VoicePayload] = []
         self._stall_logged = False
         self.stalled_windows = 0  # complete mode: windows cut before a stalled input caught up
         self.ended: set[str] = set()
@@ -97,8 +102,20 @@ class FusionStage(Stage):
             # windows start at the next hop boundary, never back at zero.
             hop = self.buffer.hop_s
             self.buffer.next_t1 = max(hop, math.ceil(msg.t_media_s / hop - 1e-9) * hop)
+        if msg.kind == "voice_affect":
+            voice = VoicePayload.from_meta(msg.meta)
+            if voice is not None:
+                self.voice_valence.append(voice)
+            # a readout (or a silent stretch) up to t_media_s: complete windows may pass it
+            self.complete_clock.advance(msg.stream, msg.t_media_s, time.monotonic())
+            if self.complete:
+                self._emit_due()
+            return
         if msg.kind == "face_features" and msg.arrays:
-            self.buffer.add_vision(msg.t_media_s, msg.arrays[0], FacePayload.from_meta(msg.meta).present)
+            face = FacePayload.from_meta(msg.meta)
+            self.buffer.add_vision(msg.t_media_s, msg.arrays[0], face.present)
+            if face.valence is not None:
+                self.face_valence.append((msg.t_media_s, face.valence))
             self.clock = max(self.clock, msg.t_media_s)
         elif msg.kind == "audio_features" and len(msg.arrays) == 2:
             self.buffer.add_audio(msg.arrays[1], msg.arrays[0])
@@ -188,17 +205,30 @@ class FusionStage(Stage):
         self.last_t1 = t1
         window = self.buffer.cut(t1)
         pred = self.model.predict(window)
+        has_text = bool(window.context) if pred.text is None else bool(pred.text)
+        readouts = {
+            "text": round(pred.score / 3.0, 4) if has_text else None,
+            "voice": self._mean_voice(window.t0, window.t1),
+            "face": self._mean_face(window.t0, window.t1),
+        }
+        fused = fuse(pred.score if has_text else None, readouts["voice"], readouts["face"])
+        label = "neutral"
+        if fused.score >= self.config.fusion.neutral_band:
+            label = "positive"
+        elif fused.score <= -self.config.fusion.neutral_band:
+            label = "negative"
         t_emit = now_ns()
         event = {
             "schema": EVENT_SCHEMA,
             "seq": self.event_seq,
             "window": {"t0": round(window.t0, 6), "t1": round(window.t1, 6)},
-            "score": round(pred.score, 4),
-            "label": pred.label,
-            "confidence": round(pred.confidence, 4),
-            "contributions": {k: round(v, 4) for k, v in pred.contributions.items()},
+            "score": round(fused.score, 4),
+            "label": label,
+            "confidence": round(self._confidence(fused.score, readouts, pred), 4),
+            "contributions": {k: round(v, 4) for k, v in fused.weights().items()},
+            "readouts": readouts,
             "modalities": {
-                "text": bool(window.context) if pred.text is None else bool(pred.text),
+                "text": has_text,
                 "audio": bool(window.audio.shape[0]),
                 "vision": bool(window.vision_present.any()) if window.vision_present.size else False,
             },
@@ -223,8 +253,30 @@ class FusionStage(Stage):
             event["ended"] = dict(self.lost)
         self.event_seq += 1
         self.new_words = []
+        horizon = window.t1 - 2 * self.buffer.length_s  # readouts older than any next window: dropped
+        self.face_valence = [fv for fv in self.face_valence if fv[0] > horizon]
+        self.voice_valence = [v for v in self.voice_valence if v.t1_s > horizon]
         capture = max((m.t_capture_ns for m, _ in self.latest.values()), default=t_emit)
         self.publish(Message("event", "events", 0, capture, t1, meta=event))
+
+    def _mean_face(self, t0: float, t1: float) -> float | None:
+        values = [v for t, v in self.face_valence if t0 < t <= t1]
+        return round(sum(values) / len(values), 4) if values else None
+
+    def _mean_voice(self, t0: float, t1: float) -> float | None:
+        """The voice now: the newest readout that ends inside the window (each covers the
+        voice_window_s of audio before it), not a mean over older speech."""
+        values = [v.valence for v in self.voice_valence if t0 < v.t1_s <= t1]
+        return round(values[-1], 4) if values else None
+
+    def _confidence(self, score: float, readouts: dict, pred) -> float:
+        """Distance from the neutral boundary, discounted by the readouts that are missing
+        (a heuristic, README; zero for an untrained placeholder)."""
+        if self.model.placeholder:
+            return 0.0
+        coverage = 0.6 * (readouts["text"] is not None) + 0.2 * (readouts["voice"] is not None)
+        coverage += 0.2 * (readouts["face"] is not None)
+        return float(math.tanh(abs(score)) * coverage)
 
     def _latency(self, t_start: int, t_emit: int, pred) -> dict:
         """capture -> each stage -> emit, in ms, for the newest input of each stream."""
