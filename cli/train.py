@@ -58,8 +58,13 @@ def cmd_train(args) -> int:
 
 
 #: Commands whose options all belong to their trainer: cli.main hands them the rest of the command
-#: line before argparse sees it (so `train-live --help` is the trainer's help).
-PASSTHROUGH_COMMANDS = ("train-live", "train-text", "train-voice")
+#: line before argparse sees it (so `train-live --help` is the trainer's help). name -> help.
+PASSTHROUGH_HELP = {
+    "train-live": "train the shipped live model (see models/MODEL_CARD.md)",
+    "train-text": "fine-tune the text encoder's top layers for the live model (then train-live)",
+    "train-voice": "train the voice valence head on RAVDESS, speaker-independent (models/affect/)",
+}
+PASSTHROUGH_COMMANDS = tuple(PASSTHROUGH_HELP)
 
 
 def run_passthrough(command: str, argv: list[str]) -> int:
@@ -86,22 +91,7 @@ def register(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--out", default="", help="save the seed best on validation as .safetensors")
     p.set_defaults(func=cmd_train)
-    live = subparsers.add_parser(
-        "train-live", help="train the shipped live model (see models/MODEL_CARD.md)", add_help=False
-    )
-    live.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/live_training.py (--help for them)")
-    live.set_defaults(func=lambda args: run_passthrough("train-live", args.rest))
-    text = subparsers.add_parser(
-        "train-text",
-        add_help=False,
-        help="fine-tune the text encoder's top layers for the live model (then train-live)",
-    )
-    text.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/text_finetune.py (--help for them)")
-    text.set_defaults(func=lambda args: run_passthrough("train-text", args.rest))
-    voice = subparsers.add_parser(
-        "train-voice",
-        add_help=False,
-        help="train the voice valence head on RAVDESS, speaker-independent (models/affect/)",
-    )
-    voice.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for models/voice_training.py")
-    voice.set_defaults(func=lambda args: run_passthrough("train-voice", args.rest))
+    for name, help_text in PASSTHROUGH_HELP.items():
+        sub = subparsers.add_parser(name, help=help_text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER, help=f"the arguments of {name} (--help for them)")
+        sub.set_defaults(func=lambda args, name=name: run_passthrough(name, args.rest))
