@@ -10,6 +10,24 @@ from ..engine.config import BACKENDS
 from ..engine.rpc import serve_until_stopped
 
 
+def _server_parser(subparsers, name: str, help_text: str, default_address: str, section: str, func):
+    """A sub-command for a model server: --address, --config and --allow-remote, as both share them."""
+    p = subparsers.add_parser(name, help=help_text)
+    p.add_argument(
+        "--address",
+        default=default_address,
+        help=f"where to bind (default {default_address}; tcp://127.0.0.1:0 = any free port)",
+    )
+    p.add_argument("--config", default=None, help=f"a TOML file overriding configs/default.toml ([{section}])")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow binding a non-loopback interface (requests are not authenticated)",
+    )
+    p.set_defaults(func=func)
+    return p
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import sys
 
@@ -53,13 +71,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register_serve(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="serve the fusion model to many sessions, batched dynamically")
-    p.add_argument(
-        "--address",
-        default=fusion_server.DEFAULT_ADDRESS,
-        help=f"where to bind (default {fusion_server.DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
+    p = _server_parser(
+        subparsers,
+        "serve",
+        "serve the fusion model to many sessions, batched dynamically",
+        fusion_server.DEFAULT_ADDRESS,
+        "fusion",
+        cmd_serve,
     )
-    p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([fusion])")
     p.add_argument("--model", default=None, help="fusion model: 'default' or a zoo name")
     p.add_argument("--backend", default=None, choices=BACKENDS)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
@@ -77,12 +96,6 @@ def register_serve(subparsers) -> None:
         help="requests queued per session before its new ones are refused (default 64)",
     )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow binding a non-loopback interface (requests are not authenticated)",
-    )
-    p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve_asr(args: argparse.Namespace) -> int:
@@ -111,18 +124,13 @@ def cmd_serve_asr(args: argparse.Namespace) -> int:
 
 
 def register_serve_asr(subparsers) -> None:
-    p = subparsers.add_parser("serve-asr", help="serve one Whisper model to many sessions' ASR stages")
-    p.add_argument(
-        "--address",
-        default=asr_server.DEFAULT_ADDRESS,
-        help=f"where to bind (default {asr_server.DEFAULT_ADDRESS}; tcp://127.0.0.1:0 = any free port)",
+    p = _server_parser(
+        subparsers,
+        "serve-asr",
+        "serve one Whisper model to many sessions' ASR stages",
+        asr_server.DEFAULT_ADDRESS,
+        "asr",
+        cmd_serve_asr,
     )
-    p.add_argument("--config", default=None, help="a TOML file overriding configs/default.toml ([asr])")
     p.add_argument("--workers", type=int, default=2, help="decodes run at once on the one model (default 2)")
     p.add_argument("--max-queue", type=int, default=256, help="queued requests before 'overloaded' (default 256)")
-    p.add_argument(
-        "--allow-remote",
-        action="store_true",
-        help="allow binding a non-loopback interface (requests are not authenticated)",
-    )
-    p.set_defaults(func=cmd_serve_asr)

@@ -80,9 +80,6 @@ class StageParams:
             raise ValueError(f"unknown stage parameter(s): {', '.join(unknown)}")
         return cls(**d)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
 class StageSpec:
@@ -275,7 +272,7 @@ class Stage:
         logging.getLogger().addHandler(handler)
 
     def _flush_logs(self) -> None:
-        if getattr(self, "control", None) is None or threading.current_thread() is not threading.main_thread():
+        if self.control is None or threading.current_thread() is not threading.main_thread():
             return
         while True:
             try:

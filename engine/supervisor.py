@@ -103,7 +103,6 @@ class Supervisor:
         self.stage_params = stage_params or {}
         self._own_run_dir = run_dir is None
         self.run_dir = run_dir or tempfile.mkdtemp(prefix="sentistream-")  # private: mode 0700
-        self.stage_output = stage_output
         self.stage_log = os.path.join(self.run_dir, STAGE_LOG) if stage_output == "log" else ""
         self.ctx = zmq.Context.instance()
         self.stopping = False

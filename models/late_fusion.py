@@ -21,6 +21,7 @@ The score is the sum of one term per modality, so what an event says each modali
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 NUDGE = 0.5
@@ -58,3 +59,25 @@ def fuse(text_score: float | None, voice: float | None, face: float | None, text
     terms["vision"] = gain * share.get("vision", 0.0)
     score = max(-SCORE_RANGE, min(SCORE_RANGE, sum(terms.values())))
     return FusedScore(score, terms)
+
+
+#: Weight of each modality's presence in the confidence (text, audio / voice, vision / face).
+COVERAGE = (0.6, 0.2, 0.2)
+
+
+def sentiment_label(score: float, neutral_band: float) -> str:
+    """negative / neutral / positive: neutral when |score| < neutral_band."""
+    if score >= neutral_band:
+        return "positive"
+    if score <= -neutral_band:
+        return "negative"
+    return "neutral"
+
+
+def confidence(score: float, present: tuple[bool, bool, bool], placeholder: bool = False) -> float:
+    """Distance from the neutral boundary, discounted by the modalities missing (``present`` =
+    text, audio, vision): a heuristic (README), zero for an untrained placeholder model."""
+    if placeholder:
+        return 0.0
+    coverage = sum(w for w, on in zip(COVERAGE, present) if on)
+    return float(math.tanh(abs(score)) * coverage)

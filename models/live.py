@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .late_fusion import confidence, sentiment_label
+
 log = logging.getLogger("sentistream.live_model")
 
 SHIPPED_CHECKPOINT = "live_model.safetensors"
@@ -219,17 +221,10 @@ class LiveModel:
             score = 0.0
         contrib = out.contributions.reshape(-1, 3)[0].float().cpu().numpy()
         contributions = {"text": float(contrib[0]), "audio": float(contrib[1]), "vision": float(contrib[2])}
-        present = np.array([bool(self.last_text), bool(aud_mask.any()), bool(vis_mask.any())], dtype=float)
-        label = "neutral"
-        if score >= self.cfg.neutral_band:
-            label = "positive"
-        elif score <= -self.cfg.neutral_band:
-            label = "negative"
-        # Confidence: distance from the neutral boundary, discounted by missing modalities
-        # (a heuristic, documented in the README; zero for an untrained placeholder).
-        coverage = float((present * np.array([0.6, 0.2, 0.2])).sum())
-        confidence = 0.0 if self.placeholder else float(np.tanh(abs(score)) * coverage)
-        return LivePrediction(score, label, confidence, contributions, model_ms, text_ms, self.last_text)
+        present = (bool(self.last_text), bool(aud_mask.any()), bool(vis_mask.any()))
+        label = sentiment_label(score, self.cfg.neutral_band)
+        conf = confidence(score, present, self.placeholder)
+        return LivePrediction(score, label, conf, contributions, model_ms, text_ms, self.last_text)
 
 
 def _load(load_checkpoint, path: str):

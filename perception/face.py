@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .expression import face_crop, load_expression_model
+
 
 @dataclass
 class FaceOptions:
@@ -258,8 +260,6 @@ class FaceFeatureExtractor:
         self._mesh = None
         self._prev: np.ndarray | None = None  # previous frame's state values, None after a gap
         self._open()
-        from .expression import load_expression_model
-
         self.expression_model = load_expression_model(self.options.expression_model)
 
     def _open(self) -> None:
@@ -341,8 +341,6 @@ class FaceFeatureExtractor:
         feats = np.concatenate([state, delta, [1.0]]).astype(np.float32)
         expression = None
         if self.expression_model is not None:
-            from .expression import face_crop
-
             crop = face_crop(gray, bbox)
             if crop is not None:
                 expression = self.expression_model.predict(crop)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...payloads import FacePayload
+from ...perception.expression import valence
 from ..messages import Message
 from ..stage import Stage
 
@@ -45,6 +46,4 @@ class FaceStage(Stage):
 def _payload(result) -> FacePayload:
     if result.expression is None:
         return FacePayload(bool(result.present), result.reason or "")
-    from ...perception.expression import valence
-
     return FacePayload(True, result.reason or "", float(valence(result.expression)), result.expression.tolist())

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 
-from ...models.late_fusion import fuse
+from ...models.late_fusion import confidence, fuse, sentiment_label
 from ...payloads import FacePayload, VoicePayload, Word, WordsPayload
 from ...perception.text import BackgroundTextEncoder
 from ..messages import Message, now_ns
@@ -208,23 +208,19 @@ class FusionStage(Stage):
         has_text = bool(window.context) if pred.text is None else bool(pred.text)
         readouts = {
             "text": round(pred.score / 3.0, 4) if has_text else None,
-            "voice": self._mean_voice(window.t0, window.t1),
+            "voice": self._voice_now(window.t0, window.t1),
             "face": self._mean_face(window.t0, window.t1),
         }
         fused = fuse(pred.score if has_text else None, readouts["voice"], readouts["face"])
-        label = "neutral"
-        if fused.score >= self.config.fusion.neutral_band:
-            label = "positive"
-        elif fused.score <= -self.config.fusion.neutral_band:
-            label = "negative"
+        present = (has_text, readouts["voice"] is not None, readouts["face"] is not None)
         t_emit = now_ns()
         event = {
             "schema": EVENT_SCHEMA,
             "seq": self.event_seq,
             "window": {"t0": round(window.t0, 6), "t1": round(window.t1, 6)},
             "score": round(fused.score, 4),
-            "label": label,
-            "confidence": round(self._confidence(fused.score, readouts, pred), 4),
+            "label": sentiment_label(fused.score, self.config.fusion.neutral_band),
+            "confidence": round(confidence(fused.score, present, self.model.placeholder), 4),
             "contributions": {k: round(v, 4) for k, v in fused.weights().items()},
             "readouts": readouts,
             "modalities": {
@@ -263,20 +259,11 @@ class FusionStage(Stage):
         values = [v for t, v in self.face_valence if t0 < t <= t1]
         return round(sum(values) / len(values), 4) if values else None
 
-    def _mean_voice(self, t0: float, t1: float) -> float | None:
+    def _voice_now(self, t0: float, t1: float) -> float | None:
         """The voice now: the newest readout that ends inside the window (each covers the
         voice_window_s of audio before it), not a mean over older speech."""
         values = [v.valence for v in self.voice_valence if t0 < v.t1_s <= t1]
         return round(values[-1], 4) if values else None
-
-    def _confidence(self, score: float, readouts: dict, pred) -> float:
-        """Distance from the neutral boundary, discounted by the readouts that are missing
-        (a heuristic, README; zero for an untrained placeholder)."""
-        if self.model.placeholder:
-            return 0.0
-        coverage = 0.6 * (readouts["text"] is not None) + 0.2 * (readouts["voice"] is not None)
-        coverage += 0.2 * (readouts["face"] is not None)
-        return float(math.tanh(abs(score)) * coverage)
 
     def _latency(self, t_start: int, t_emit: int, pred) -> dict:
         """capture -> each stage -> emit, in ms, for the newest input of each stream."""
