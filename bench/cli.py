@@ -11,9 +11,9 @@ from typing import Any
 
 
 def bench_modules() -> list[Any]:
-    from . import accuracy, affect, latency, perception, soak, throughput
+    from . import accuracy, affect, latency, perception, soak, stream, throughput
 
-    return [latency, throughput, soak, perception, accuracy, affect]
+    return [latency, throughput, soak, perception, accuracy, affect, stream]
 
 
 def register(subparsers) -> None:

@@ -22,6 +22,7 @@ Transport = Literal["ipc", "tcp"]
 SourceKind = Literal["demo", "file", "webcam", "none"]
 Pace = Literal["realtime", "fast"]
 Trigger = Literal["clock", "frame"]
+TextContext = Literal["utterance", "lookback"]  # engine/windowing.py TEXT_CONTEXTS
 
 
 class ConfigError(ValueError):
@@ -94,6 +95,11 @@ class WindowConfig:
     # The model reads committed words up to this far back: ASR commits words a
     # second or more after they are spoken, later than audio and video arrive.
     text_lookback_s: float = 8.0
+    # What the text model reads (docs/protocol.md, "Text context"): "utterance" = the newest
+    # utterance alone, whole (the model was trained on single utterances; chosen on MOSI std-valid
+    # streams, bench/results/stream.md), "lookback" = all words of the last text_lookback_s.
+    text_context: TextContext = "utterance"
+    utterance_pause_s: float = 0.35  # a pause this long between two words ends an utterance
 
 
 @dataclass
@@ -156,6 +162,8 @@ class EngineConfig:
     def validate(self) -> None:
         if self.window.hop_s <= 0 or self.window.length_s < self.window.hop_s:
             raise ConfigError("window: need 0 < hop_s <= length_s")
+        if self.window.utterance_pause_s <= 0:
+            raise ConfigError("window.utterance_pause_s must be > 0")
         if not 0 <= self.supervisor.asr_nice <= 19:
             raise ConfigError(f"supervisor.asr_nice must be 0..19, not {self.supervisor.asr_nice}")
         for f in dataclasses.fields(self):  # every Literal field, also those set in code

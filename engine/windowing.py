@@ -13,6 +13,33 @@ import numpy as np
 
 from ..payloads import Word
 
+#: How a window's text context is chosen (``window.text_context``): ``"utterance"`` = the newest
+#: utterance alone (the default: docs/protocol.md, "Text context"), ``"lookback"`` = every
+#: committed word of the last ``text_lookback_s``, run together.
+TEXT_CONTEXTS = ("utterance", "lookback")
+SENTENCE_END = (".", "!", "?")
+
+
+def split_utterances(
+    words: list[Word], pause_s: float, ends: frozenset[float] | set[float] = frozenset()
+) -> list[list[Word]]:
+    """Committed words (in time order) cut into utterances: after a word that ends a sentence
+    (``. ! ?``), before a pause of at least ``pause_s``, and after a word whose end time is in
+    ``ends`` (the recogniser's utterance ends: its VAD heard the speech stop)."""
+    out: list[list[Word]] = []
+    current: list[Word] = []
+    for i, w in enumerate(words):
+        current.append(w)
+        nxt = words[i + 1] if i + 1 < len(words) else None
+        if nxt is None:
+            break
+        if w.text.rstrip().endswith(SENTENCE_END) or nxt.start_s - w.end_s >= pause_s or round(w.end_s, 6) in ends:
+            out.append(current)
+            current = []
+    if current:
+        out.append(current)
+    return out
+
 
 @dataclass
 class Window:
@@ -24,7 +51,8 @@ class Window:
     words: list[Word] = field(default_factory=list)  # committed words overlapping it
     partial: list[Word] = field(default_factory=list)  # not yet committed
     # Committed words the model reads: speech is committed a second or more after it
-    # is spoken, so text looks further back than audio and video (text_lookback_s).
+    # is spoken, so text looks further back than audio and video (text_lookback_s), and with
+    # text_context "utterance" it is the newest utterance begun by t1 (split_utterances).
     context: list[Word] = field(default_factory=list)
 
     @property
@@ -47,7 +75,14 @@ class WindowBuffer:
         audio_dim: int,
         keep_words_s: float = 120.0,
         text_lookback_s: float | None = None,
+        text_context: str = "lookback",
+        utterance_pause_s: float = 0.35,
     ):
+        if text_context not in TEXT_CONTEXTS:
+            raise ValueError(f"text_context must be one of {TEXT_CONTEXTS}, not {text_context!r}")
+        self.text_context = text_context
+        self.utterance_pause_s = utterance_pause_s
+        self._utterance_ends: set[float] = set()  # end times of words the recogniser closed an utterance with
         self.length_s = length_s
         self.text_lookback_s = max(length_s, text_lookback_s or length_s)
         self.hop_s = hop_s
@@ -74,9 +109,24 @@ class WindowBuffer:
         self._audio_t.append(times.astype(np.float64, copy=False))
         self._audio_x.append(frames)
 
-    def add_words(self, committed: list[Word], partial: list[Word]) -> None:
+    def add_words(self, committed: list[Word], partial: list[Word], utterance_end: bool = False) -> None:
         self.words.extend(committed)
         self.partial = list(partial)
+        if utterance_end and self.words:
+            self._utterance_ends.add(round(self.words[-1].end_s, 6))
+
+    def _context(self, t1: float) -> list[Word]:
+        # Only words begun by the window's end: a fast replay may have committed later ones.
+        begun = [w for w in self.words if w.start_s <= t1]
+        if self.text_context == "lookback":
+            ctx0 = t1 - self.text_lookback_s
+            return [w for w in begun if w.end_s > ctx0]
+        # The newest utterance, whole (the model was trained on single utterances), while it
+        # ended less than text_lookback_s ago (then silence: the voice and face carry the stream).
+        utterances = split_utterances(begun[-400:], self.utterance_pause_s, self._utterance_ends)
+        if not utterances or utterances[-1][-1].end_s <= t1 - self.text_lookback_s:
+            return []
+        return utterances[-1]
 
     def cut(self, t1: float) -> Window:
         t0 = max(0.0, t1 - self.length_s)
@@ -92,9 +142,7 @@ class WindowBuffer:
             audio = np.zeros((0, self.audio_dim), np.float32)
         words = [w for w in self.words if w.end_s > t0 and w.start_s <= t1]
         partial = [w for w in self.partial if w.end_s > t0 and w.start_s <= t1]
-        ctx0 = t1 - self.text_lookback_s
-        context = [w for w in self.words if w.end_s > ctx0]
-        return Window(t0, t1, vision, present, audio, words, partial, context)
+        return Window(t0, t1, vision, present, audio, words, partial, self._context(t1))
 
     def prune(self, before: float) -> None:
         """Forget data that no future window can contain."""
@@ -106,6 +154,7 @@ class WindowBuffer:
         horizon = before - self.keep_words_s
         if self.words and self.words[0].end_s < horizon:
             self.words = [w for w in self.words if w.end_s >= horizon]
+            self._utterance_ends = {t for t in self._utterance_ends if t >= horizon}
 
     def due_windows(self, clock: float) -> list[float]:
         """Window ends that the stream clock has passed: one per hop, none skipped."""

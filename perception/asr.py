@@ -85,6 +85,11 @@ class AsrOptions:
     voice_window_s: float = 2.0
     voice_hop_s: float = 0.5
     voice_min_rms_db: float = -55.0
+    # "" = recognise the speech. A path = a JSON list of the true words ({"text", "start_s",
+    # "end_s"} on the media clock), published as committed once the audio passes their end,
+    # instead of running Whisper's decoder: the stream scored with known transcripts (`bench
+    # stream`'s reference variant). The voice readouts still run.
+    reference_words: str = ""
 
 
 @dataclass

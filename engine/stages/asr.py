@@ -17,7 +17,7 @@ import numpy as np
 
 from ...payloads import VoicePayload, WordsPayload
 from ..messages import Message, now_ns
-from ..stage import Stage
+from ..stage import FatalStageError, Stage
 
 log = logging.getLogger("sentistream.asr")
 
@@ -30,7 +30,17 @@ class AsrStage(Stage):
 
         opts = self.config.asr
         whisper = open_whisper(opts)
-        self.recognizer = StreamingRecognizer(opts, whisper)
+        if opts.reference_words:  # known transcripts: the true words instead of decoding
+            from ...perception.reference import ReferenceRecognizer, load_reference_words
+
+            try:
+                words = load_reference_words(opts.reference_words)
+            except ValueError as exc:
+                raise FatalStageError(str(exc)) from None  # a restart cannot fix the file
+            self.recognizer = ReferenceRecognizer(words, self.config.window.utterance_pause_s)
+            log.info("%s: %d reference words from %s (no recognition)", self.name, len(words), opts.reference_words)
+        else:
+            self.recognizer = StreamingRecognizer(opts, whisper)
         # The voice's valence on the same Whisper encoder (not with a Whisper server: its
         # encoder is elsewhere); the last voice_window_s of audio, every voice_hop_s.
         self.voice = load_voice_affect(whisper, opts.voice_head)

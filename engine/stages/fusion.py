@@ -54,7 +54,13 @@ class FusionStage(Stage):
         w = self.config.window
         self.audio_dim = feature_dim(self.config.audio_features)
         self.buffer = WindowBuffer(
-            w.length_s, w.hop_s, FACE_FEATURE_DIM, self.audio_dim, text_lookback_s=w.text_lookback_s
+            w.length_s,
+            w.hop_s,
+            FACE_FEATURE_DIM,
+            self.audio_dim,
+            text_lookback_s=w.text_lookback_s,
+            text_context=w.text_context,
+            utterance_pause_s=w.utterance_pause_s,
         )
         self.new_words: list[Word] = []  # committed since the previous event
         self.trigger = FrameTrigger(w.hop_s) if w.trigger == "frame" else None
@@ -123,7 +129,7 @@ class FusionStage(Stage):
         elif msg.kind == "words":
             words = WordsPayload.from_meta(msg.meta, default_through_s=msg.t_media_s)
             self.complete_clock.advance("words", words.final_through_s, time.monotonic())
-            self.buffer.add_words(words.committed, words.partial)
+            self.buffer.add_words(words.committed, words.partial, words.utterance_end)
             self.new_words.extend(words.committed)
             if self.expected_inputs <= {"words"}:
                 self.clock = max(self.clock, msg.t_media_s)
