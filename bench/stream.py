@@ -31,7 +31,7 @@ import numpy as np
 
 from .common import RESULTS, command_line, stamp, write_json
 from .stream_data import Recording, folder_recordings, mosi_streams
-from .stream_score import flip_lags, lag_summary, scored_events, truth_at, window_pairs
+from .stream_score import flip_lags, lag_summary, scored_events, text_readout_score, window_pairs
 
 DEFAULT_MOSI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi" / "mosi_transcripts.csv"
 VARIANTS = ("reference", "asr")
@@ -65,10 +65,11 @@ def run_graph(rec: Recording, variant: str, text_context: str, pace: str, folder
 
 
 # --------------------------------------------------------------------------- per utterance
-def _readout_mean(events: list[dict], key: str, a: float, b: float) -> float | None:
+def _readout_mean(scored: list[dict], key: str, a: float, b: float) -> float | None:
+    """Mean of the ``key`` readouts of the scored events whose window ends in [a, b]."""
     values = [
         e["readouts"][key]
-        for e in scored_events(events)
+        for e in scored
         if a <= e["window"]["t1"] <= b and (e.get("readouts") or {}).get(key) is not None
     ]
     return float(np.mean(values)) if values else None
@@ -90,12 +91,11 @@ def _committed_words(events: list[dict]) -> list[Any]:
 def _reference_texts(rec: Recording) -> list[str]:
     if all(s.text for s in rec.segments):
         return [s.text for s in rec.segments]
+    from ..perception.reference import load_reference_words
     from .perception import assign_words
 
-    words = json.loads(rec.words.read_text()) if rec.words else []
-    from ..payloads import words_from_meta
-
-    return assign_words(words_from_meta(words), [(s.start_s, s.end_s) for s in rec.segments])
+    words = load_reference_words(rec.words) if rec.words else []
+    return assign_words(words, [(s.start_s, s.end_s) for s in rec.segments])
 
 
 def utterance_scores(live, rec: Recording, events: list[dict], variant: str) -> tuple[np.ndarray, list[str]]:
@@ -108,10 +108,11 @@ def utterance_scores(live, rec: Recording, events: list[dict], variant: str) -> 
     spans = [(s.start_s, s.end_s) for s in rec.segments]
     texts = _reference_texts(rec) if variant == "reference" else assign_words(_committed_words(events), spans)
     text_scores = live_scores(live, texts, None)
+    scored = scored_events(events)
     out = []
     for s, text, ts in zip(rec.segments, texts, text_scores):
-        voice = _readout_mean(events, "voice", s.start_s, s.end_s + 0.25)
-        face = _readout_mean(events, "face", s.start_s, s.end_s + 0.25)
+        voice = _readout_mean(scored, "voice", s.start_s, s.end_s + 0.25)
+        face = _readout_mean(scored, "face", s.start_s, s.end_s + 0.25)
         out.append(fuse(float(ts) if text.strip() else None, voice, face).score)
     return np.asarray(out, float), texts
 
@@ -131,9 +132,7 @@ def score_variant(live, recs: list[Recording], runs: dict[str, list[dict]], vari
         p, t = window_pairs(events, rec.segments)
         wp.append(p)
         wt.append(t)
-        for e in scored_events(events):  # the text readout alone, 0 where no words were read
-            if truth_at(rec.segments, e["window"]["t1"]) is not None:
-                tp.append(3.0 * ((e.get("readouts") or {}).get("text") or 0.0))
+        tp.append(window_pairs(events, rec.segments, text_readout_score)[0])
         scores, _ = utterance_scores(live, rec, events, variant)
         up.append(scores)
         ut.append(np.array([s.label for s in rec.segments]))
@@ -144,7 +143,7 @@ def score_variant(live, recs: list[Recording], runs: dict[str, list[dict]], vari
     return {
         "window": _metrics(wp_a, wt_a),
         "utterance": _metrics(np.concatenate(up), np.concatenate(ut)),
-        "window_text": _metrics(np.asarray(tp), wt_a),
+        "window_text": _metrics(np.concatenate(tp), wt_a),
         "flip_lag_s": lag_summary(lags, never),
         "windows": int(wt_a.size),
         "utterances": int(sum(len(r.segments) for r in recs)),

@@ -15,7 +15,7 @@ demo clip's test). Pure functions over events (the JSON the engine emits) and se
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,13 +34,22 @@ def truth_at(segments: Sequence[Segment], t: float) -> float | None:
     return None if i < 0 else segments[i].label
 
 
-def window_pairs(events: Sequence[dict[str, Any]], segments: Sequence[Segment]) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted score, truth) of every scored event that has a truth."""
+def text_readout_score(event: dict[str, Any]) -> float:
+    """The text readout alone on the score's scale, 0 where no words were read."""
+    return 3.0 * float((event.get("readouts") or {}).get("text") or 0.0)
+
+
+def window_pairs(
+    events: Sequence[dict[str, Any]],
+    segments: Sequence[Segment],
+    value: Callable[[dict[str, Any]], float] = lambda e: float(e["score"]),
+) -> tuple[np.ndarray, np.ndarray]:
+    """(``value`` of the event, default its fused score; truth) of every scored event that has a truth."""
     pred, true = [], []
     for e in scored_events(events):
         label = truth_at(segments, float(e["window"]["t1"]))
         if label is not None:
-            pred.append(float(e["score"]))
+            pred.append(value(e))
             true.append(label)
     return np.asarray(pred, float), np.asarray(true, float)
 

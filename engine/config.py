@@ -97,7 +97,7 @@ class WindowConfig:
     text_lookback_s: float = 8.0
     # What the text model reads (docs/protocol.md, "Text context"): "utterance" = the newest
     # utterance alone, whole (the model was trained on single utterances; chosen on MOSI std-valid
-    # streams, bench/results/stream.md), "lookback" = all words of the last text_lookback_s.
+    # streams, bench/results/stream-valid.md), "lookback" = all words of the last text_lookback_s.
     text_context: TextContext = "utterance"
     utterance_pause_s: float = 0.35  # a pause this long between two words ends an utterance
 

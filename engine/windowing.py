@@ -18,6 +18,7 @@ from ..payloads import Word
 #: committed word of the last ``text_lookback_s``, run together.
 TEXT_CONTEXTS = ("utterance", "lookback")
 SENTENCE_END = (".", "!", "?")
+MAX_CONTEXT_WORDS = 400  # words split into utterances per window: bounds the cost of a cut
 
 
 def split_utterances(
@@ -123,7 +124,7 @@ class WindowBuffer:
             return [w for w in begun if w.end_s > ctx0]
         # The newest utterance, whole (the model was trained on single utterances), while it
         # ended less than text_lookback_s ago (then silence: the voice and face carry the stream).
-        utterances = split_utterances(begun[-400:], self.utterance_pause_s, self._utterance_ends)
+        utterances = split_utterances(begun[-MAX_CONTEXT_WORDS:], self.utterance_pause_s, self._utterance_ends)
         if not utterances or utterances[-1][-1].end_s <= t1 - self.text_lookback_s:
             return []
         return utterances[-1]

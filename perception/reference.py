@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..payloads import Word, words_from_meta
-from .asr import AsrUpdate
+from .asr import SAMPLE_RATE, AsrUpdate
 
 
 def load_reference_words(path: str | Path) -> list[Word]:
@@ -44,7 +44,7 @@ class ReferenceRecognizer:
 
     def add_audio(self, samples: np.ndarray, t0_s: float) -> None:
         with self._lock:
-            self._audio_end = max(self._audio_end, t0_s + np.asarray(samples).size / 16000.0)
+            self._audio_end = max(self._audio_end, t0_s + np.asarray(samples).size / SAMPLE_RATE)
 
     def _take(self, through: float) -> AsrUpdate:
         start = self._next

@@ -136,15 +136,15 @@ def test_a_flooding_session_does_not_starve_another(model):
 def test_a_session_that_never_reads_delays_no_one(model):
     server = _server(model, max_batch=8, max_queue_delay_us=1000).start()
     deaf = _dealer(server.address)  # sends, never receives
-    client = RemoteFusion(server.address, timeout_s=30)
+    # The client's own deadline is the check: a server held up by the deaf session would let it
+    # pass and the call would raise (how fast the answer comes is bench/throughput's business).
+    client = RemoteFusion(server.address, timeout_s=20)
     try:
         for i in range(30):
             deaf.send_multipart(_request(model, i))
         x = _window(model, 7)
-        t = time.perf_counter()
         out = client(x)
         assert torch.allclose(out.score, EagerBackend(model)(x).score, atol=1e-5)
-        assert time.perf_counter() - t < 20
     finally:
         deaf.close()
         client.close()
