@@ -38,6 +38,7 @@ import queue
 import threading
 import time
 import tomllib
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -390,15 +391,27 @@ class SentimentClient:
 
     # ---- sync iteration --------------------------------------------------------------
     def events(self, timeout: float | None = None, *, stop_at_eos: bool = False) -> Iterator[SentimentEvent]:
-        """Yield events as they arrive (from the moment the iteration starts).
+        """Yield events as they arrive, from the moment of this call.
 
         timeout: end the iteration when no event came for that many seconds (None: never).
         stop_at_eos: end it when the engine reports the end of its stream.
         """
         self.start()
         q: queue.Queue = queue.Queue(maxsize=10_000)
+        # Subscribe now, not at the first next(): a generator's body runs only then, and events
+        # that arrive in between would be lost (seen on a loaded CI machine).
         with self._cond:
             self._subscribers.append(q)
+        it = self._drain(q, timeout, stop_at_eos)
+        weakref.finalize(it, self._unsubscribe, q)  # also when the iterator is never started
+        return it
+
+    def _unsubscribe(self, q: queue.Queue) -> None:
+        with self._cond:
+            if q in self._subscribers:
+                self._subscribers.remove(q)
+
+    def _drain(self, q: queue.Queue, timeout: float | None, stop_at_eos: bool) -> Iterator[SentimentEvent]:
         try:
             while True:
                 try:
@@ -413,9 +426,7 @@ class SentimentClient:
                     continue
                 yield item
         finally:
-            with self._cond:
-                if q in self._subscribers:
-                    self._subscribers.remove(q)
+            self._unsubscribe(q)
 
     # ---- async iteration -------------------------------------------------------------
     async def aevents(

@@ -132,6 +132,18 @@ def test_malformed_messages_are_skipped_and_counted(fake):
         assert "score" in client.stats.last_error
 
 
+def test_events_are_kept_from_the_call_not_from_the_first_next(fake):
+    with SentimentClient(fake.address) as client:
+        _connected(client, fake)
+        it = client.events(timeout=30)
+        fake.send(_event(7, 0.5, 1.0))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (client.latest() is None or client.latest().seq != 7):
+            time.sleep(0.02)
+        # The receiver has handled the event before the iteration starts: it must not be lost.
+        assert next(it).seq == 7
+
+
 def test_latest_summary_and_restarts(fake):
     with SentimentClient(fake.address) as client:
         _connected(client, fake)
