@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test,lint,opensmile]'  # opensmile: so its optional extractor is tested
+	$(BIN)/python -m pip install -q -e '.[test,lint,opensmile,ray]'  # opensmile, ray: so their optional paths are tested
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
