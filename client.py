@@ -116,6 +116,8 @@ class SentimentEvent:
     latency_ms: Mapping[str, Any]
     t_emit_ns: int
     final: bool = False
+    # What each modality changed, in score points (occlusion; None from engines without it).
+    attributions: Mapping[str, float] | None = None
     schema: str = EVENT_SCHEMA
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     received_at: float = field(default=0.0, repr=False, compare=False)  # time.monotonic() here
@@ -161,6 +163,9 @@ class SentimentEvent:
                 latency_ms=dict(data["latency_ms"]),
                 t_emit_ns=int(data["t_emit_ns"]),
                 final=bool(data.get("final", False)),
+                attributions=(
+                    {str(k): float(v) for k, v in data["attributions"].items()} if data.get("attributions") else None
+                ),
                 schema=str(data["schema"]),
                 raw=data,
                 received_at=time.monotonic() if received_at is None else received_at,

@@ -23,6 +23,8 @@ SourceKind = Literal["demo", "file", "webcam", "none"]
 Pace = Literal["realtime", "fast"]
 Trigger = Literal["clock", "frame"]
 TextContext = Literal["utterance", "lookback"]  # engine/windowing.py TEXT_CONTEXTS
+ModelInputs = Literal["auto", "text", "all"]
+Attribution = Literal["occlusion", "off"]
 
 
 class ConfigError(ValueError):
@@ -122,6 +124,13 @@ class FusionConfig:
     select_budget_s: float = 1.0  # auto on CPU: time spent measuring onnxruntime against eager
     server: str = ""  # "" = the model runs in this stage; "tcp://127.0.0.1:PORT" = `sentistream serve`
     server_timeout_s: float = 2.0  # a window the fusion server has not answered by then is skipped
+    # The inputs the fusion model reads (docs/protocol.md, "Attributions"): "auto" = what its
+    # checkpoint learned from (the shipped one: text only; its audio / vision inputs were trained
+    # on label-independent data to be ignored, so feeding them only adds noise).
+    model_inputs: ModelInputs = "auto"
+    # Each event's per-modality attributions by occlusion. With a model that reads audio / vision
+    # this runs each window as a batch of 4 (bench/results/latency-cpu.md); "off" leaves them out.
+    attribution: Attribution = "occlusion"
 
 
 def _perception_sections() -> dict[str, type]:

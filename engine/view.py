@@ -97,8 +97,13 @@ class EventView:
             )
             spark = "".join(" ▁▂▃▄▅▆▇█"[min(8, max(0, int((s + 3) / 6 * 8.99)))] for s in self.history)
             table.add_row("last 15 s", spark)
-            for k, v in ev.get("contributions", {}).items():
-                table.add_row(f"  {k}", f"{_bar(v)} {v:.2f}")
+            attributions = ev.get("attributions")  # score points this modality changed (occlusion)
+            if attributions:
+                for k, v in attributions.items():
+                    table.add_row(f"  {k}", f"{_bar(min(1.0, abs(v) / 3.0))} {v:+.2f}")
+            else:
+                for k, v in ev.get("contributions", {}).items():
+                    table.add_row(f"  {k}", f"{_bar(v)} {v:.2f}")
             table.add_row(
                 "transcript",
                 ev.get("transcript", "") + (f" [dim]{ev.get('partial', '')}[/dim]" if ev.get("partial") else ""),

@@ -22,6 +22,7 @@ The score is the sum of one term per modality, so what an event says each modali
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 NUDGE = 0.5
@@ -59,6 +60,42 @@ def fuse(text_score: float | None, voice: float | None, face: float | None, text
     terms["vision"] = gain * share.get("vision", 0.0)
     score = max(-SCORE_RANGE, min(SCORE_RANGE, sum(terms.values())))
     return FusedScore(score, terms)
+
+
+def occlusion_attributions(
+    text_score: float | None,
+    voice: float | None,
+    face: float | None,
+    occluded: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """What each modality changed (docs/protocol.md, "Attributions"): the fused score with every
+    present modality minus the fused score with that one masked, in score points (-6 .. 6).
+
+    ``text_score`` is the fusion model's score of the whole window (None: no words);
+    ``occluded["audio" / "vision"]`` its score with that input masked (models/live.py; default:
+    ``text_score``, a model that does not read it). Masking audio drops the voice readout *and* the
+    model's audio input, masking vision the face readout and its vision input, masking text the
+    model's score. An absent modality, or one that changed nothing, gets exactly 0."""
+    occ = occluded or {}
+    full = fuse(text_score, voice, face).score
+
+    def model_without(modality: str) -> float | None:
+        return None if text_score is None else occ.get(modality, text_score)
+
+    masked = {
+        "text": fuse(None, voice, face).score,
+        "audio": fuse(model_without("audio"), None, face).score,
+        "vision": fuse(model_without("vision"), voice, None).score,
+    }
+    return {m: full - s for m, s in masked.items()}
+
+
+def attribution_shares(attributions: Mapping[str, float]) -> dict[str, float]:
+    """|attribution| shares (sum 1): the event's ``contributions``; all on text when nothing moved."""
+    total = sum(abs(v) for v in attributions.values())
+    if total <= 1e-9:
+        return {"text": 1.0, "audio": 0.0, "vision": 0.0}
+    return {k: abs(v) / total for k, v in attributions.items()}
 
 
 #: Weight of each modality's presence in the confidence (text, audio / voice, vision / face).

@@ -41,6 +41,9 @@ class LivePrediction:
     model_ms: float
     text_ms: float
     text: str | None = None  # the transcript the model read (an earlier one with a background encoder)
+    # The score with audio / vision masked out (occlusion, docs/protocol.md "Attributions"); equal
+    # to ``score`` for an input the model does not read or the window does not have.
+    occluded: dict[str, float] | None = None
 
 
 class EagerForward:
@@ -91,6 +94,8 @@ class LiveModel:
             self.checkpoint = ""
             self.placeholder = True
             log.warning("no trained checkpoint: using an untrained %s placeholder (scores are meaningless)", zoo_name)
+        self.reads = model_reads(getattr(fusion_cfg, "model_inputs", "auto"), meta if ckpt else {})
+        self.attribution = getattr(fusion_cfg, "attribution", "occlusion") == "occlusion"
         self.device = torch.device(fusion_cfg.device)
         self.model.to(self.device).eval()
         # How the forward pass runs: handed in by the caller (the model knows no backend or server).
@@ -196,8 +201,12 @@ class LiveModel:
         self.last_text = emb.text if emb.text is not None else window.context_text
         text, text_mask = self._tensor(emb.tokens, "text", 128)
         vision = window.vision[window.vision_present] if window.vision_present.size else window.vision
+        if not self.reads[2]:  # an input the model learned nothing from: masked, as in training
+            vision = vision[:0]
         vis, vis_mask = self._tensor(vision, "vision", self.cfg.max_video_frames)
-        aud, aud_mask = self._tensor(window.audio, "audio", self.cfg.max_audio_frames)
+        aud, aud_mask = self._tensor(
+            window.audio if self.reads[1] else window.audio[:0], "audio", self.cfg.max_audio_frames
+        )
         inputs = FusionInputs(
             text=text.to(self.device),
             audio=aud.to(self.device),
@@ -211,20 +220,44 @@ class LiveModel:
     @torch.inference_mode()
     def predict(self, window) -> LivePrediction:
         inputs, text_ms = self.inputs_for(window)
-        aud_mask = inputs.audio_mask
-        vis_mask = inputs.vision_mask
+        # Occlusion rows only where masking can change something: an audio / vision input the
+        # model reads and the window has. The shipped text-only model stays at batch 1.
+        occlude = self.attribution and bool(inputs.audio_mask.any() or inputs.vision_mask.any())
         t_model = time.perf_counter()
-        out = self.backend(inputs)
+        out = self.backend(inputs.with_occlusions() if occlude else inputs)
         model_ms = (time.perf_counter() - t_model) * 1e3
-        score = float(torch.clamp(out.score.reshape(-1)[0], -3.0, 3.0))
-        if not np.isfinite(score):
-            score = 0.0
+        scores = [_clipped(float(v)) for v in out.score.reshape(-1).float().cpu()]
+        score = scores[0]
+        occluded = {"audio": scores[2], "vision": scores[3]} if occlude else {"audio": score, "vision": score}
         contrib = out.contributions.reshape(-1, 3)[0].float().cpu().numpy()
         contributions = {"text": float(contrib[0]), "audio": float(contrib[1]), "vision": float(contrib[2])}
-        present = (bool(self.last_text), bool(aud_mask.any()), bool(vis_mask.any()))
+        has_vision = bool(window.vision_present.any()) if window.vision_present.size else False
+        present = (bool(self.last_text), bool(window.audio.shape[0]), has_vision)
         label = sentiment_label(score, self.cfg.neutral_band)
         conf = confidence(score, present, self.placeholder)
-        return LivePrediction(score, label, conf, contributions, model_ms, text_ms, self.last_text)
+        return LivePrediction(score, label, conf, contributions, model_ms, text_ms, self.last_text, occluded)
+
+
+def _clipped(score: float) -> float:
+    return min(3.0, max(-3.0, score)) if np.isfinite(score) else 0.0
+
+
+def model_reads(choice: str, meta: dict) -> tuple[bool, bool, bool]:
+    """Which of text / audio / vision the fusion model reads (``fusion.model_inputs``).
+
+    "auto": the checkpoint's ``learned_modalities`` when it records them; a live-training
+    checkpoint whose audio / vision were label-independent (``data.av_presence``, the shipped one)
+    reads text only; any other checkpoint or an untrained placeholder reads all three."""
+    if choice == "text":
+        return (True, False, False)
+    if choice == "all":
+        return (True, True, True)
+    learned = meta.get("learned_modalities")
+    if learned:
+        return tuple(m in learned for m in ("text", "audio", "vision"))  # type: ignore[return-value]
+    if "label-independent" in str((meta.get("data") or {}).get("av_presence", "")):
+        return (True, False, False)
+    return (True, True, True)
 
 
 def _load(load_checkpoint, path: str):

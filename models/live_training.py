@@ -308,6 +308,9 @@ def train_live(
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "selection": f"early stopping / model selection on std valid by {cfg.select_metric}",
+        # The engine feeds a model only what it learned from (models/live.py model_reads): the
+        # audio / vision sequences below carry no label, so this model reads text only.
+        "learned_modalities": ["text"],
         "data": {
             "text": f"CMU-MOSI transcripts ({Path(data_path).name}), std folds "
             f"train {len(reference_splits.train)} / valid {len(splits.valid)} / test {len(splits.test)}",

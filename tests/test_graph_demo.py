@@ -59,12 +59,21 @@ def test_every_event_has_schema_fields_and_latency_breakdown(demo_run):
         assert 0.0 <= e["confidence"] <= 1.0
         assert set(e["contributions"]) == {"text", "audio", "vision"}
         assert abs(sum(e["contributions"].values()) - 1.0) < 1e-2
+        # attributions: what masking each modality changes; a readout that is absent changed nothing
+        attr = e["attributions"]
+        readout = {"text": e["readouts"]["text"], "audio": e["readouts"]["voice"], "vision": e["readouts"]["face"]}
+        for m in ("text", "audio", "vision"):
+            if readout[m] is None:
+                assert attr[m] == 0.0, (m, e)
         lat = e["latency_ms"]
         assert lat["capture_to_emit"] >= 0 and lat["model"] >= 0
         if e["window"]["t1"] >= 1.0:  # the very first windows may close before a stage's first output
             assert "face" in lat and "capture_to_emit" in lat["face"] and "face" in lat["face"]
             assert "audio_feat" in lat and "audio_features" in lat["audio_feat"]
         assert e["model"]["name"]
+    # the words move the demo's score, and the smiling face does too where the words are weak
+    assert max(abs(e["attributions"]["text"]) for e in events) > 1.0
+    assert max(abs(e["attributions"]["vision"]) for e in events) > 0.1
     # the face is visible in the demo: nearly every window after the first has vision
     assert sum(e["modalities"]["vision"] for e in events) >= 0.9 * len(events)
 

@@ -79,7 +79,7 @@ def test_schema_is_valid_versioned_and_packaged(validator):
     assert schema["$id"].endswith(":1") and schema["properties"]["schema"]["const"] == EVENT_SCHEMA
     # consumers must ignore unknown fields: the schema allows them (the producer test below is strict)
     assert schema["additionalProperties"] is True
-    assert set(schema["required"]) == set(schema["properties"]) - {"final", "ended", "readouts"}  # optional
+    assert set(schema["required"]) == set(schema["properties"]) - {"final", "ended", "readouts", "attributions"}
     packaged = resources.files("sentistream.engine").joinpath("schema", "event-1.json")
     assert json.loads(packaged.read_text()) == schema
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())

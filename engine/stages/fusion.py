@@ -22,7 +22,7 @@ import logging
 import math
 import time
 
-from ...models.late_fusion import confidence, fuse, sentiment_label
+from ...models.late_fusion import attribution_shares, confidence, fuse, occlusion_attributions, sentiment_label
 from ...payloads import FacePayload, VoicePayload, Word, WordsPayload
 from ...perception.text import BackgroundTextEncoder
 from ..messages import Message, now_ns
@@ -217,7 +217,13 @@ class FusionStage(Stage):
             "voice": self._voice_now(window.t0, window.t1),
             "face": self._mean_face(window.t0, window.t1),
         }
-        fused = fuse(pred.score if has_text else None, readouts["voice"], readouts["face"])
+        text_score = pred.score if has_text else None
+        fused = fuse(text_score, readouts["voice"], readouts["face"])
+        attributions = (
+            occlusion_attributions(text_score, readouts["voice"], readouts["face"], pred.occluded)
+            if self.model.attribution
+            else None
+        )
         present = (has_text, readouts["voice"] is not None, readouts["face"] is not None)
         t_emit = now_ns()
         event = {
@@ -227,7 +233,10 @@ class FusionStage(Stage):
             "score": round(fused.score, 4),
             "label": sentiment_label(fused.score, self.config.fusion.neutral_band),
             "confidence": round(confidence(fused.score, present, self.model.placeholder), 4),
-            "contributions": {k: round(v, 4) for k, v in fused.weights().items()},
+            "contributions": {
+                k: round(v, 4)
+                for k, v in (attribution_shares(attributions) if attributions else fused.weights()).items()
+            },
             "readouts": readouts,
             "modalities": {
                 "text": has_text,
@@ -249,6 +258,8 @@ class FusionStage(Stage):
             "latency_ms": self._latency(t_start, t_emit, pred),
             "t_emit_ns": t_emit,
         }
+        if attributions is not None:
+            event["attributions"] = {k: round(v, 4) for k, v in attributions.items()}
         if final:
             event["final"] = True
         if self.lost:

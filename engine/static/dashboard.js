@@ -95,10 +95,16 @@ function onEvent(ev, deliveryMs, live) {
   mEl.textContent = "model " + (model.name || "?") + (model.backend ? ` (${model.backend})` : "") +
     (model.placeholder ? " — UNTRAINED PLACEHOLDER: scores are meaningless" : "");
   mEl.className = model.placeholder ? "warn" : "dim";
+  // Attributions (score with all present modalities minus with this one masked) when the engine
+  // sends them; older engines: the contribution shares.
+  const attr = ev.attributions;
+  $("attr-unit").textContent = attr ? "(score points)" : "(shares)";
   for (const k of ["text", "audio", "vision"]) {
-    const v = (ev.contributions || {})[k];
-    $("bar-" + k).style.width = Math.max(0, Math.min(1, v || 0)) * 100 + "%";
-    $("val-" + k).textContent = typeof v === "number" ? Math.round(v * 100) + "%" : "–";
+    const v = attr ? attr[k] : (ev.contributions || {})[k];
+    const width = attr ? Math.abs(v || 0) / 3 : (v || 0);
+    $("bar-" + k).style.width = Math.max(0, Math.min(1, width)) * 100 + "%";
+    $("bar-" + k).classList.toggle("neg", Boolean(attr) && v < 0);
+    $("val-" + k).textContent = typeof v !== "number" ? "–" : attr ? signed(v) : Math.round(v * 100) + "%";
     const present = (ev.modalities || {})[k];
     $("bar-" + k).parentElement.parentElement.className = "bar" + (present === false ? " absent" : "");
   }
