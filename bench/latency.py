@@ -48,7 +48,7 @@ from .common import RESULTS, command_line, device_tag, show_bench_progress, stam
 
 log = logging.getLogger("sentistream.bench.latency")
 
-BATCHES = (1, 32, 256)
+BATCHES = (1, 4, 32, 256)  # 4: a window with its occlusion rows (docs/protocol.md)
 LIVE_LENGTHS = (32, 60, 45)  # text tokens (an 8 s transcript), audio steps, video frames
 LIVE_BUCKETS = ((16, 32, 64, 128), (60,), (45,))
 MOSI_DIMS = (768, 5, 20)
@@ -406,6 +406,18 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
                     f"{'–' if diff is None else f'{diff:.1e}'} | {rec.get('build_s')} |"
                     + (f" error: {rec['error']}" if rec.get("error") else "")
                 )
+    occ = res.get("fusion_occlusion_cost") or {}
+    if occ:
+        lines += [
+            "",
+            "## Attribution cost (ALMT, live shapes): one window as a batch of 4 (as is + each modality masked)",
+            "",
+            "| backend | batch 1 p50 ms | batch 4 p50 ms | ratio |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {_fmt(c['batch1_p50_ms'])} | {_fmt(c['batch4_p50_ms'])} | {c['ratio']} |" for n, c in occ.items()
+        ]
     lines += ["", "## Live pipeline (real-time pace)", ""]
     ps = res.get("pipeline_stamp")
     if ps:  # kept from an earlier full run by --skip-pipeline
@@ -591,6 +603,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         name: rec.get("windows_per_s", {})
         for name, rec in (almt_live or {"backends": {}})["backends"].items()
         if rec.get("available")
+    }
+    # The cost of an event's attributions for a model that reads audio / vision: one window as a
+    # batch of 4 (as is + each modality masked) instead of 1.
+    res["fusion_occlusion_cost"] = {
+        name: {
+            "batch1_p50_ms": rec["batch1_ms"]["p50"],
+            "batch4_p50_ms": rec["batch_ms"]["4"]["p50"],
+            "ratio": round(rec["batch_ms"]["4"]["p50"] / rec["batch1_ms"]["p50"], 2),
+        }
+        for name, rec in (almt_live or {"backends": {}})["backends"].items()
+        if rec.get("available") and "4" in rec.get("batch_ms", {}) and rec.get("batch1_ms", {}).get("p50")
     }
     fusion_cdf = {name: rec.get("_times", []) for name, rec in (almt_live or {"backends": {}})["backends"].items()}
     for entries in res["fusion"].values():

@@ -129,7 +129,7 @@ class FusionConfig:
     # on label-independent data to be ignored, so feeding them only adds noise).
     model_inputs: ModelInputs = "auto"
     # Each event's per-modality attributions by occlusion. With a model that reads audio / vision
-    # this runs each window as a batch of 4 (bench/results/latency-cpu.md); "off" leaves them out.
+    # this runs each window as a batch of 4 (bench/results/latency-cpu-occlusion.md); "off" leaves them out.
     attribution: Attribution = "occlusion"
 
 
