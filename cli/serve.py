@@ -34,6 +34,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..engine.config import ConfigError, load_config
 
     overrides: dict[str, Any] = {}
+    if args.engine == "ray":
+        ray: dict[str, Any] = {}
+        if args.worker_nodes is not None:
+            ray["worker_nodes"] = args.worker_nodes
+        if args.http_port is not None:
+            ray["http_port"] = args.http_port
+        if args.ray_address is not None:
+            ray["address"] = args.ray_address
+        if ray:
+            overrides["ray"] = ray
     fusion: dict[str, Any] = {}
     if args.model:
         fusion["model"] = args.model
@@ -48,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        return _serve_ray(cfg)
     try:
         server = fusion_server.build_server(
             cfg,
@@ -68,6 +80,38 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"max queue delay {server.delay_ns // 1000} us",
         "fusion server",
     )
+
+
+def _serve_ray(cfg) -> int:
+    """`sentistream serve --engine ray`: the fusion model on Ray Serve (engine/ray_serve.py)."""
+    import sys
+
+    from ..engine.ray_node import RayNotInstalled, require_ray
+
+    try:
+        require_ray()
+    except RayNotInstalled as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from ..engine import ray_serve
+
+    def ready(address: str, cluster) -> None:
+        where = (
+            f"a loopback cluster of {len(cluster.nodes)} node(s) (GCS {cluster.gcs_address}, pids "
+            f"{', '.join(map(str, cluster.pids))}; token in {cluster.temp_dir}/auth_token)"
+            if cluster is not None
+            else f"the cluster at {cfg.ray.address}"
+        )
+        print(
+            f'fusion on Ray Serve at {address}: {where}; sessions set fusion.server = "{address}"',
+            flush=True,
+        )
+
+    try:
+        return ray_serve.serve_ray(cfg, on_ready=ready)
+    except (RuntimeError, ValueError, ConnectionError) as exc:
+        print(f"error: Ray Serve: {exc}", file=sys.stderr)
+        return 1
 
 
 def register_serve(subparsers) -> None:
@@ -96,6 +140,18 @@ def register_serve(subparsers) -> None:
         help="requests queued per session before its new ones are refused (default 64)",
     )
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = torch's default)")
+    p.add_argument(
+        "--engine",
+        choices=["zmq", "ray"],
+        default="zmq",
+        help="zmq: the fusion server (one machine, default); ray: a Ray Serve deployment "
+        "([ray] section; pip install 'sentistream[ray]'; docs/serving.md)",
+    )
+    p.add_argument("--worker-nodes", type=int, default=None, help="--engine ray: [ray] worker_nodes")
+    p.add_argument("--http-port", type=int, default=None, help="--engine ray: [ray] http_port (Serve's proxy)")
+    p.add_argument(
+        "--ray-address", default=None, help="--engine ray: [ray] address, a running cluster's GCS (HOST:PORT)"
+    )
 
 
 def cmd_serve_asr(args: argparse.Namespace) -> int:

@@ -133,6 +133,89 @@ class FusionConfig:
     attribution: Attribution = "occlusion"
 
 
+@dataclass
+class RayConfig:
+    """``sentistream serve --engine ray`` (engine/ray_serve.py): the fusion model as a Ray Serve
+    deployment. Sessions reach it with ``fusion.server = "ray://HOST:HTTP_PORT/APP"``."""
+
+    # "" = start a cluster on this machine (loopback: a head node, plus worker_nodes more);
+    # "HOST:PORT" = attach to the running cluster whose GCS is there (RAY_AUTH_TOKEN in the env)
+    address: str = ""
+    worker_nodes: int = 0  # extra nodes started on this machine (each its own raylet) with address = ""
+    node_cpus: int = 0  # CPUs each started node offers (0 = this machine's count)
+    gcs_port: int = 0  # the started head's GCS port (0 = a free port)
+    app: str = "fusion"  # the Serve application's name and route prefix (/fusion)
+    http_host: str = "127.0.0.1"  # the Serve HTTP proxy (on the head only); not authenticated by Ray
+    http_port: int = 8000
+    allow_remote: bool = False  # true: http_host may be another interface (docs/serving.md)
+    num_cpus: float = 1.0  # per fusion replica (Ray resources; also its torch threads)
+    num_gpus: float = 0.0  # per fusion replica; > 0 runs the model on cuda
+    min_replicas: int = 1  # autoscaling bounds
+    max_replicas: int = 2
+    initial_replicas: int = 1
+    target_ongoing_requests: float = 8.0  # per replica: above it Serve adds a replica
+    upscale_delay_s: float = 5.0
+    downscale_delay_s: float = 30.0
+    # requests a replica takes at once: Serve's default (5) would cap every batch at 5
+    max_ongoing_requests: int = 64
+    max_batch_size: int = 64  # requests merged by @serve.batch into one forward pass
+    batch_wait_timeout_s: float = 0.002  # longest a request waits for others to join its batch
+
+
+def parse_ray_address(address: str) -> tuple[str, int, str]:
+    """``ray://HOST:PORT/APP`` (the Serve HTTP proxy and the application's route prefix) ->
+    (host, port, "/APP"); raises ValueError naming the form."""
+    from urllib.parse import urlsplit
+
+    if not address.startswith("ray://"):
+        raise ValueError(f"not a Ray Serve address (ray://HOST:PORT/APP): {address!r}")
+    parts = urlsplit("http://" + address[len("ray://") :])
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    app = parts.path.strip("/")
+    if not parts.hostname or not port or not app or "/" in app or parts.query or parts.fragment:
+        raise ValueError(
+            f"a Ray Serve address is ray://HOST:PORT/APP (e.g. ray://127.0.0.1:8000/fusion), not {address!r}"
+        )
+    return parts.hostname, port, "/" + app
+
+
+def _validate_ray(r: RayConfig) -> None:
+    from .security import is_loopback_host
+
+    if r.worker_nodes < 0 or r.node_cpus < 0 or not 0 <= r.gcs_port <= 65535:
+        raise ConfigError("ray.worker_nodes and ray.node_cpus must be >= 0, ray.gcs_port 0..65535")
+    if r.address and r.worker_nodes:
+        raise ConfigError("ray.worker_nodes starts nodes of a new cluster: it needs ray.address = ''")
+    if not r.app or not r.app.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"ray.app must be a name of letters, digits, '-' and '_', not {r.app!r}")
+    if not 1 <= r.http_port <= 65535:
+        raise ConfigError(f"ray.http_port must be 1..65535, not {r.http_port}")
+    if not r.allow_remote and not is_loopback_host(r.http_host):
+        raise ConfigError(
+            f"ray.http_host = {r.http_host!r} is not a loopback address and the Serve proxy does not "
+            "authenticate requests: set ray.allow_remote = true to mean it (docs/serving.md)"
+        )
+    if r.num_cpus < 0 or r.num_gpus < 0 or r.num_cpus + r.num_gpus <= 0:
+        raise ConfigError("ray.num_cpus and ray.num_gpus must be >= 0, and not both 0")
+    if not 0 <= r.min_replicas <= r.initial_replicas <= r.max_replicas or r.max_replicas < 1:
+        raise ConfigError(
+            "ray: need 0 <= min_replicas <= initial_replicas <= max_replicas and max_replicas >= 1, not "
+            f"{r.min_replicas} / {r.initial_replicas} / {r.max_replicas}"
+        )
+    if r.target_ongoing_requests <= 0 or r.upscale_delay_s < 0 or r.downscale_delay_s < 0:
+        raise ConfigError("ray.target_ongoing_requests must be > 0 and the scaling delays >= 0")
+    if not 1 <= r.max_batch_size <= r.max_ongoing_requests:
+        raise ConfigError(
+            f"ray: need 1 <= max_batch_size <= max_ongoing_requests (a replica's batch holds at most the "
+            f"requests it takes at once), not {r.max_batch_size} / {r.max_ongoing_requests}"
+        )
+    if not 0 <= r.batch_wait_timeout_s <= 1:
+        raise ConfigError(f"ray.batch_wait_timeout_s must be 0..1 s, not {r.batch_wait_timeout_s}")
+
+
 def _perception_sections() -> dict[str, type]:
     from ..perception.asr import AsrOptions
     from ..perception.audio_features import AudioFeatureOptions
@@ -154,6 +237,7 @@ class EngineConfig:
     source: SourceConfig = field(default_factory=SourceConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     # Perception sections hold the perception modules' own option dataclasses.
     face: Any = None
     audio_features: Any = None
@@ -191,6 +275,7 @@ class EngineConfig:
                     "pip install 'sentistream[opensmile]' (research / personal-use licence)"
                 )
         _validate_fusion(self.fusion)
+        _validate_ray(self.ray)
         _validate_security(self.transport)
 
 
@@ -233,8 +318,16 @@ def _validate_fusion(f: FusionConfig) -> None:
         or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in buckets)
     ):
         raise ConfigError(f"fusion.text_buckets must be a non-empty list of positive integers, not {buckets!r}")
-    if f.server and not f.server.startswith(("tcp://", "ipc://")):
-        raise ConfigError(f"fusion.server must be a tcp:// or ipc:// address (or empty), not {f.server!r}")
+    if f.server.startswith("ray://"):
+        try:
+            parse_ray_address(f.server)
+        except ValueError as exc:
+            raise ConfigError(f"fusion.server: {exc}") from None
+    elif f.server and not f.server.startswith(("tcp://", "ipc://")):
+        raise ConfigError(
+            "fusion.server must be a tcp:// or ipc:// address (`sentistream serve`), a Ray Serve "
+            f"application ray://HOST:PORT/APP (`sentistream serve --engine ray`), or empty, not {f.server!r}"
+        )
     if f.server_timeout_s <= 0 or f.select_budget_s < 0:
         raise ConfigError("fusion.server_timeout_s must be > 0 and fusion.select_budget_s >= 0")
 
@@ -249,6 +342,7 @@ def _section_types() -> dict[str, type]:
             "source": SourceConfig,
             "window": WindowConfig,
             "fusion": FusionConfig,
+            "ray": RayConfig,
         }
     )
     types_.update(_perception_sections())

@@ -4,8 +4,9 @@ backend and no server).
 
 * ``fusion.server`` empty (or ``local_only``): :func:`~sentistream.engine.backends.select_backend`
   (compiled, ONNX Runtime, TensorRT or eager, with its fall-back chain).
-* ``fusion.server`` set: the fusion server at that address, checked at start to serve the same
-  weights and dims (a mismatch stops the graph: :class:`FatalStageError`); a window the server fails
+* ``fusion.server`` set: the fusion server at that address (``tcp://`` / ``ipc://``: ``sentistream
+  serve``; ``ray://HOST:PORT/APP``: the deployment of ``sentistream serve --engine ray``,
+  engine/ray_client.py), checked at start to serve the same weights and dims (a mismatch stops the graph: :class:`FatalStageError`); a window the server fails
   is scored by the local eager model, logged and counted, so a window is never lost to the network.
 """
 
@@ -18,6 +19,8 @@ from typing import Any
 from .backends import BackendOptions, EagerBackend, model_fingerprint, select_backend
 from .fusion_client import RemoteFusion
 from .fusion_wire import RemoteFusionError
+from .ray_client import SCHEME as RAY_SCHEME
+from .ray_client import RayFusion
 from .stage import FatalStageError
 
 log = logging.getLogger("sentistream.live_backend")
@@ -37,14 +40,22 @@ def live_backend(fusion_cfg: Any, local_only: bool = False) -> Callable[[Any], A
     return make
 
 
-def connect_checked(live: Any, address: str, fusion_cfg: Any) -> RemoteFusion:
-    """A client of the fusion server at ``address`` that serves ``live``'s weights and dims."""
-    remote = RemoteFusion(address, timeout_s=float(getattr(fusion_cfg, "server_timeout_s", 2.0)))
+def connect_checked(live: Any, address: str, fusion_cfg: Any) -> RemoteFusion | RayFusion:
+    """A client of the fusion server (or Ray Serve application) at ``address`` that serves
+    ``live``'s weights and dims."""
+    timeout_s = float(getattr(fusion_cfg, "server_timeout_s", 2.0))
+    remote: RemoteFusion | RayFusion
+    if address.startswith(RAY_SCHEME):
+        remote = RayFusion(address, timeout_s=timeout_s)
+        how = "sentistream serve --engine ray (docs/serving.md)"
+    else:
+        remote = RemoteFusion(address, timeout_s=timeout_s)
+        how = f"sentistream serve --address {address}"
     try:
         info = remote.info(timeout_s=max(5.0, remote.timeout_s))
     except RemoteFusionError as exc:
         remote.close()
-        raise FatalStageError(f"fusion.server: {exc}; start it with `sentistream serve --address {address}`") from None
+        raise FatalStageError(f"fusion.server: {exc}; start it with `{how}`") from None
     mine = model_fingerprint(live.model)
     if info.get("fingerprint") != mine or list(info.get("dims", [])) != list(live.dims):
         remote.close()
@@ -63,9 +74,9 @@ class ServerWithLocalFallback:
     """The fusion server's forward pass; a window it fails (an error, a timeout) is scored by the
     local eager model instead."""
 
-    name = "remote"
+    name = "remote"  # "local-fallback" while the window just scored was scored here
 
-    def __init__(self, remote: RemoteFusion, live: Any) -> None:
+    def __init__(self, remote: RemoteFusion | RayFusion, live: Any) -> None:
         self.remote = remote
         self.live = live
         self.failures = 0
@@ -77,9 +88,12 @@ class ServerWithLocalFallback:
 
     def __call__(self, inputs: Any) -> Any:
         try:
-            return self.remote(inputs)
+            out = self.remote(inputs)
+            self.name = "remote"
+            return out
         except Exception as exc:  # RemoteFusionError, a timeout: score this window here
             self.failures += 1
+            self.name = "local-fallback"  # the event of this window names it (model.backend)
             if self.failures in (1, 10, 100) or self.failures % 1000 == 0:
                 log.warning("fusion server failed (%s); window scored locally (%d so far)", exc, self.failures)
             if self._local is None:

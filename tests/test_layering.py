@@ -39,6 +39,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "engine/fusion_server.py",
         "engine/asr_server.py",
         "engine/live_backend.py",
+        "engine/ray_client.py",  # Ray Serve: the session side (no Ray import)
+        "engine/ray_node.py",  # Ray Serve: loopback nodes
+        "engine/ray_serve.py",  # Ray Serve: the deployment and its launcher
     ),
     "Stages": ("engine/stages/",),
     "App": (
