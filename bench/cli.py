@@ -11,9 +11,9 @@ from typing import Any
 
 
 def bench_modules() -> list[Any]:
-    from . import accuracy, affect, latency, perception, soak, stream, throughput
+    from . import accuracy, affect, latency, perception, scaleout, soak, stream, throughput
 
-    return [latency, throughput, soak, perception, accuracy, affect, stream]
+    return [latency, throughput, soak, perception, accuracy, affect, stream, scaleout]
 
 
 def register(subparsers) -> None:

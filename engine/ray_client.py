@@ -231,9 +231,11 @@ class RayFusion:
             self._done.put((rid, self._outputs(reply, start, n), meta))
             start += n
 
-    def collect(self, timeout_s: float = 0.0) -> list[tuple[int, Any, dict]]:
-        """Flush, then the replies that have arrived: (request id, FusionOutput or RemoteFusionError, meta)."""
-        self.flush()
+    def collect(self, timeout_s: float = 0.0, flush: bool = True) -> list[tuple[int, Any, dict]]:
+        """Flush (unless told not to: a caller that sends on its own clock), then the replies that
+        have arrived: (request id, FusionOutput or RemoteFusionError, meta)."""
+        if flush:
+            self.flush()
         out = []
         try:
             out.append(self._done.get(timeout=timeout_s) if timeout_s > 0 else self._done.get_nowait())
