@@ -295,6 +295,14 @@ def run_step(mode: Any, n: int, seconds: float, budget_ms: float, pool: list[Any
     }
 
 
+def idle_cores(list_pids, seconds: float = 3.0) -> float:
+    """Cores the server side uses with no traffic (a Ray cluster's heartbeats, agents, metrics)."""
+    meter = CpuMeter(list_pids)
+    meter.start()
+    time.sleep(seconds)
+    return round(meter.stop()["server_ms"] / 1e3 / seconds, 3)
+
+
 def ladder(mode: Any, args, pool: list[Any]) -> tuple[list[dict], int]:
     """4, 16, 64 (``--sessions``), then doubling up to --max-sessions while within the budget."""
     counts = [int(x) for x in args.sessions.split(",")]
@@ -373,6 +381,7 @@ def _ray_mode(name: str, args, pool: list[Any]) -> dict[str, Any]:
 
         warm = make(8)
         run_step(warm, 8, args.warmup_s + 2, args.budget_ms, pool, 0.5, args.hop_s)
+        idle = idle_cores(warm.server_pids)
         warm.close()
         steps, best = ladder(make, args, pool)
         from ..engine.ray_client import RayFusion
@@ -390,6 +399,7 @@ def _ray_mode(name: str, args, pool: list[Any]) -> dict[str, Any]:
         "nodes": len(cluster.nodes),
         "replicas": replicas,
         "start_s": round(started_s, 1),
+        "idle_server_cores": idle,
         "server": {k: info.get(k) for k in ("model", "backend", "reason", "stats")},
         "sessions_per_client": args.sessions_per_client,
         "flush_ms": args.flush_ms,
@@ -415,6 +425,7 @@ def _zmq_mode(args, pool: list[Any]) -> dict[str, Any]:
 
         warm = make(8)
         run_step(warm, 8, args.warmup_s + 2, args.budget_ms, pool, 0.5, args.hop_s)
+        idle = idle_cores(warm.server_pids)
         warm.close()
         steps, best = ladder(make, args, pool)
         probe = RemoteFusion(address, timeout_s=10)
@@ -429,6 +440,7 @@ def _zmq_mode(args, pool: list[Any]) -> dict[str, Any]:
     return {
         "server": {k: info.get(k) for k in ("model", "backend", "reason", "stats")},
         "threads": 1,
+        "idle_server_cores": idle,
         "steps": steps,
         "sessions_at_p95_500ms": best,
     }
