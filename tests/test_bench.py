@@ -89,7 +89,9 @@ def test_latency_bench_writes_results(tmp_path):
     assert res["stamp"]["smoke"] and res["stamp"]["versions"]["torch"]
     assert set(res["fusion_batch1_p50_ms"]) == {"live", "mosi"}
     assert res["fusion_batch1_p50_ms"]["live"]["eager"] > 0
-    assert set(res["fusion_windows_per_s"]["eager"]) == {"1", "32", "256"}
+    assert set(res["fusion_windows_per_s"]["eager"]) == {"1", "4", "32", "256"}
+    occ = res["fusion_occlusion_cost"]["eager"]  # an event's attributions: batch 4 against batch 1
+    assert occ["batch4_p50_ms"] > 0 and occ["ratio"] == round(occ["batch4_p50_ms"] / occ["batch1_p50_ms"], 2)
     trt = res["fusion"]["live"][0]["backends"]["tensorrt"]
     assert trt["available"] is False and "torch_tensorrt" in trt["reason"]
     assert res["fusion"]["mosi"][0]["shapes"] == {"text": [50, 768], "audio": [375, 5], "vision": [500, 20]}
