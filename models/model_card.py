@@ -192,7 +192,10 @@ Registry model **`{meta["model"]}`** (ALMT, Zhang et al., EMNLP 2023), loaded by
 
 We have no MOSI audio or video, so *this model's* audio and vision inputs were trained only to be
 ignored: its score is a text model's score, and a missing, present or noisy audio / vision input
-should not change it much (measured below). The engine's face and voice count through two other
+should not change it much (measured below). The engine therefore feeds it the words only
+(`fusion.model_inputs = "auto"`: audio / vision masked at serve time), so its score is exactly a text
+score and an event's audio / vision attributions come from the other two branches alone. The
+engine's face and voice count through two other
 branches trained on real labeled data, the face's expression (FER2013) and the voice's valence
 (RAVDESS), joined with this text score by the fusion rule of docs/protocol.md: see
 `models/affect/MODEL_CARD.md`.
