@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ..engine import asr_server, fusion_server
@@ -58,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.export_onnx:
+        return _export_onnx(cfg, args.export_onnx, args.text_tokens)
     if args.engine == "ray":
         return _serve_ray(cfg)
     try:
@@ -80,6 +83,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"max queue delay {server.delay_ns // 1000} us",
         "fusion server",
     )
+
+
+TRITON_CONFIG = """# Triton model configuration for the sentistream fusion model: written by
+# `sentistream serve --export-onnx`; NOT TESTED in this project (no Triton, no GPU here), see docs/serving.md.
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+input [
+{inputs}
+]
+output [
+  {{ name: "score" data_type: TYPE_FP32 dims: [ 1 ] reshape: {{ shape: [ ] }} }},
+  {{ name: "contributions" data_type: TYPE_FP32 dims: [ 3 ] }}
+]
+dynamic_batching {{
+  preferred_batch_size: [ 8, 16, 32 ]
+  max_queue_delay_microseconds: 2000
+}}
+instance_group [ {{ count: 1 kind: {kind} }} ]
+"""
+
+
+def export_onnx_repository(cfg, out_dir: str, text_tokens: int, name: str = "sentistream_fusion") -> Path:
+    """The fusion model ``cfg`` names as ONNX (named tensors text / audio / vision and their float
+    masks in, score / contributions out; a dynamic batch axis; the sequence lengths fixed at
+    ``text_tokens`` and ``[fusion] max_audio_frames`` / ``max_video_frames``) in a Triton model
+    repository: OUT/NAME/1/model.onnx and OUT/NAME/config.pbtxt. Returns the model.onnx path."""
+    import onnx
+
+    from ..engine.backends import onnx_export
+    from ..engine.fusion_server import load_fusion_model
+
+    model, *_ = load_fusion_model(cfg)
+    seq = (int(text_tokens), int(cfg.fusion.max_audio_frames), int(cfg.fusion.max_video_frames))
+    path = onnx_export(model, Path(out_dir) / name / "1" / "model.onnx", seq)
+    graph = onnx.load(str(path)).graph
+    inputs = []
+    for value in graph.input:
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim][1:]  # batch first, dynamic
+        inputs.append(f'  {{ name: "{value.name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, dims))} ] }}')
+    kind = "KIND_GPU" if cfg.fusion.device.startswith("cuda") else "KIND_CPU"
+    text = TRITON_CONFIG.format(name=name, max_batch=cfg.fusion.max_batch, inputs=",\n".join(inputs), kind=kind)
+    (Path(out_dir) / name / "config.pbtxt").write_text(text)
+    return path
+
+
+def _export_onnx(cfg, out_dir: str, text_tokens: int) -> int:
+    path = export_onnx_repository(cfg, out_dir, text_tokens)
+    print(f"wrote {path} and {path.parent.parent / 'config.pbtxt'} (a Triton model repository; docs/serving.md)")
+    return 0
 
 
 def _serve_ray(cfg) -> int:
@@ -152,6 +205,14 @@ def register_serve(subparsers) -> None:
     p.add_argument(
         "--ray-address", default=None, help="--engine ray: [ray] address, a running cluster's GCS (HOST:PORT)"
     )
+    p.add_argument(
+        "--export-onnx",
+        default="",
+        metavar="DIR",
+        help="do not serve: write the model as ONNX (named tensors, dynamic batch) in a Triton model "
+        "repository DIR/sentistream_fusion/{1/model.onnx,config.pbtxt} (docs/serving.md)",
+    )
+    p.add_argument("--text-tokens", type=int, default=64, help="--export-onnx: the text length (default 64)")
 
 
 def cmd_serve_asr(args: argparse.Namespace) -> int:

@@ -332,7 +332,9 @@ def start_local_cluster(
     owns = temp_dir is None
     # Ray's unix sockets live under the temp dir: keep its path short (108-byte limit)
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ssr-", dir="/tmp")
-    token = token or new_token()
+    # A process that joined a cluster as a driver keeps the token it first read (Ray caches it):
+    # a second cluster started from it gets the same one.
+    token = token or os.environ.get("RAY_AUTH_TOKEN") or new_token()
     cpus = node_cpus or os.cpu_count() or 1
     port = gcs_port or free_port()
     nodes: list[RayNode] = []

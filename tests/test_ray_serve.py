@@ -1,7 +1,8 @@
 """The fusion model on Ray Serve: a real 2-node cluster on 127.0.0.1 (head + worker, started as
 subprocesses and stopped by pid), the deployment made by `sentistream serve --engine ray`, two
 sessions through the real graph, a replica SIGKILLed mid-stream, malformed requests, and every
-listening socket of every process the test started on loopback."""
+listening socket of every process the test started on loopback. Also: the command without the
+extra, and the model's ONNX export as a Triton model repository (onnxruntime runs it here)."""
 
 from __future__ import annotations
 
@@ -18,17 +19,18 @@ import pytest
 from conftest import read_jsonl, sentistream_cmd
 
 from sentistream.bench.procs import descendants
-from sentistream.engine.ray_node import RayNotInstalled, require_ray
+from sentistream.engine.messages import Message
+from sentistream.engine.ray_client import RayFusion, frame_body, unframe_body
+from sentistream.engine.ray_node import RayNotInstalled, require_ray, session_pids
+from sentistream.engine.ray_serve import start_local_cluster
 
 try:
     require_ray()
-except RayNotInstalled as exc:  # the optional extra is missing: nothing here can run
-    pytest.skip(f"ray[serve] is not installed ({exc})", allow_module_level=True)
+    NO_RAY = ""
+except RayNotInstalled as exc:  # the optional extra is missing: the cluster tests cannot run
+    NO_RAY = f"ray[serve] is not installed ({exc})"
 
-from sentistream.engine.messages import Message  # noqa: E402
-from sentistream.engine.ray_client import RayFusion, frame_body, unframe_body  # noqa: E402
-from sentistream.engine.ray_node import session_pids  # noqa: E402
-from sentistream.engine.ray_serve import start_local_cluster  # noqa: E402
+needs_ray = pytest.mark.skipif(bool(NO_RAY), reason=NO_RAY)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -153,6 +155,7 @@ def _window_arrays(dims: list[int], n: int, seed: int = 0) -> list[np.ndarray]:
     ]
 
 
+@needs_ray
 def test_replicas_on_both_nodes_answer_like_the_local_model(ray_app):
     """Several windows per request, scored as the engine's own model scores them."""
     import torch
@@ -194,6 +197,7 @@ def test_replicas_on_both_nodes_answer_like_the_local_model(ray_app):
         client.close()
 
 
+@needs_ray
 def test_a_malformed_request_gets_a_clear_error_and_the_replica_lives(ray_app):
     before = _replica_pids(ray_app["cluster"])
     conn = http.client.HTTPConnection("127.0.0.1", ray_app["port"], timeout=30)
@@ -227,6 +231,7 @@ def test_a_malformed_request_gets_a_clear_error_and_the_replica_lives(ray_app):
     assert _replica_pids(ray_app["cluster"]) == before, "a malformed request cost a replica"
 
 
+@needs_ray
 def test_two_graph_sessions_survive_a_killed_replica_and_nothing_listens_off_host(ray_app):
     """Two `sentistream run` sessions with fusion.server = ray://...; one replica SIGKILLed
     mid-stream: Ray starts a new one, both sessions go on; what was lost is counted."""
@@ -324,3 +329,41 @@ def test_without_ray_the_command_says_what_to_install(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'sentistream[ray]'" in proc.stderr
+
+
+def test_onnx_export_has_named_tensors_a_dynamic_batch_and_a_triton_config(tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from sentistream.engine.backends import EagerBackend, pad_inputs
+    from sentistream.engine.config import load_config
+    from sentistream.engine.fusion_server import load_fusion_model
+    from sentistream.models.base import FusionInputs
+
+    proc = subprocess.run(
+        sentistream_cmd("serve", "--export-onnx", str(tmp_path), "--text-tokens", "32"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    onnx_path = tmp_path / "sentistream_fusion" / "1" / "model.onnx"
+    config = (tmp_path / "sentistream_fusion" / "config.pbtxt").read_text()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    assert names == ["text", "audio", "vision", "text_mask", "audio_mask", "vision_mask"]
+    assert [o.name for o in sess.get_outputs()] == ["score", "contributions"]
+    assert all(isinstance(i.shape[0], str) for i in sess.get_inputs())  # the batch axis is dynamic
+    model, *_ = load_fusion_model(load_config())
+    dims = list(model.dims)
+    for name, inp in zip(names, sess.get_inputs()):
+        assert f'name: "{name}" data_type: TYPE_FP32 dims: [ {", ".join(map(str, inp.shape[1:]))} ]' in config
+    assert "dynamic_batching" in config and "max_batch_size: 64" in config and "NOT TESTED" in config
+    arrays = _window_arrays(dims, 3)
+    x = FusionInputs(*(torch.from_numpy(a) for a in arrays))
+    x = pad_inputs(x, (32, 60, 45))
+    feed = {n: getattr(x, n).float().numpy() for n in names}
+    score, contrib = sess.run(None, feed)
+    ref = EagerBackend(model, torch.device("cpu"))(x)
+    assert score.shape == (3,) and contrib.shape == (3, 3)
+    np.testing.assert_allclose(score, ref.score.numpy(), atol=1e-4)
