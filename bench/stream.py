@@ -46,13 +46,19 @@ def say(msg: str) -> None:
 def run_graph(rec: Recording, variant: str, text_context: str, pace: str, folder: Path) -> tuple[list[dict], float]:
     """``rec`` through the real graph; its events and the wall seconds the run took."""
     cfg = folder / f"{rec.name}.{variant}.{text_context}.toml"
-    lines = ["[window]", f'text_context = "{text_context}"']
+    # A fast replay's recogniser may still be decoding when the media ends (a long recording on a
+    # loaded machine): the closing event is waited for longer than a live session would.
+    lines = ["[supervisor]", "drain_timeout_s = 600.0", "[window]", f'text_context = "{text_context}"']
     if variant == "reference":
         if rec.words is None:
             raise ValueError(f"{rec.name}: the reference variant needs {rec.media.stem}.words.json")
         lines += ["[asr]", f"reference_words = {json.dumps(str(rec.words))}"]
     cfg.write_text("\n".join(lines) + "\n")
     out = folder / f"{rec.name}.{variant}.{text_context}.{pace}.jsonl"
+    done = out.with_suffix(".wall")  # written once the run completed: a rerun with --keep resumes
+    if done.is_file() and out.is_file():
+        say(f"{rec.name} ({variant}, {text_context}, {pace}): kept from an earlier run")
+        return [json.loads(x) for x in out.read_text().splitlines() if x.strip()], float(done.read_text())
     out.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "sentistream.cli", "run", "--source", str(rec.media), "--pace", pace]
     cmd += ["--jsonl", str(out), "--view", "none", "--config", str(cfg)]
@@ -61,6 +67,7 @@ def run_graph(rec: Recording, variant: str, text_context: str, pace: str, folder
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{rec.name} ({variant}) failed: {proc.stderr[-2000:]}")
+    done.write_text(f"{wall:.3f}\n")
     return [json.loads(x) for x in out.read_text().splitlines() if x.strip()], wall
 
 
@@ -312,7 +319,11 @@ def register(bench_subparsers) -> None:
     p.add_argument(
         "--realtime-s", type=float, default=0.0, help="also replay about this many seconds at real-time pace"
     )
-    p.add_argument("--keep", default=None, help="keep each run's configs and events (JSONL) in this folder")
+    p.add_argument(
+        "--keep",
+        default=None,
+        help="keep each run's configs and events (JSONL) in this folder; a rerun with the same folder resumes (reuses the runs that completed: use a fresh folder after changing the code)",
+    )
     p.add_argument("--name", default=None, help="results file name (default stream / stream-<split>)")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     p.set_defaults(func=cmd_stream)
