@@ -295,6 +295,15 @@ def run_step(mode: Any, n: int, seconds: float, budget_ms: float, pool: list[Any
     }
 
 
+def cpu_pressure() -> float | None:
+    """/proc/pressure/cpu "some avg60" (percent of time a runnable task waited for a CPU)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(kv.split("=") for kv in line.split()[1:])["avg60"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def idle_cores(list_pids, seconds: float = 3.0) -> float:
     """Cores the server side uses with no traffic (a Ray cluster's heartbeats, agents, metrics)."""
     meter = CpuMeter(list_pids)
@@ -474,6 +483,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             require_ray()
         except RayNotInstalled as exc:
             raise SystemExit(f"error: {exc}") from None
+    pressure_start = cpu_pressure()
     model, name, checkpoint = _model()
     pool = _windows(list(model.dims), 16, np.random.default_rng(0))
     results: dict[str, Any] = {}
@@ -517,6 +527,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "modes": results,
         "goal": goal,
+        # other work on the machine: the share of time some runnable task waited for a CPU
+        "cpu_pressure_some_avg60": {"start": pressure_start, "end": cpu_pressure()},
     }
     for m, r in results.items():  # the two headline keys at the top level of each mode
         res[m] = {"sessions_at_p95_500ms": r["sessions_at_p95_500ms"], "cpu_ms_per_window": r["cpu_ms_per_window"]}
@@ -535,18 +547,21 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
         "",
         f"- date: {st['date']}; command: `{st['command']}`; git {st['git']}",
         f"- machine: {st['device']}; CPU: {st['cpu']} ({st['cpu_count']} cores); no GPU",
-        f"- load average at start / end: {st['loadavg_start']} / {st.get('loadavg_end')}",
+        f"- load average at start / end: {st['loadavg_start']} / {st.get('loadavg_end')}; CPU pressure "
+        f"(PSI some avg60, % of time a runnable task waited): {res.get('cpu_pressure_some_avg60')}",
         f"- model: {res['model']['name']} ({res['model']['checkpoint']}); each session sends one window "
         f"every {c['hop_s']:g} s; {c['step_s']:g} s per step after {c['warmup_s']:g} s of warm-up",
         f"- Ray: {c['sessions_per_client']} sessions per client, a request every {c['flush_ms']:g} ms per "
         f"client carrying the windows queued meanwhile; @serve.batch wait {c['batch_wait_ms']:g} ms",
         "",
-        f"| mode | sessions at p95 ≤ {c['budget_ms']:g} ms | CPU-ms per window (at that count) |",
-        "| --- | --- | --- |",
+        f"| mode | sessions at p95 ≤ {c['budget_ms']:g} ms | CPU-ms per window (at that count) "
+        "| server cores used idle | start s |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for m, r in res["modes"].items():
         lines.append(
-            f"| {m} | {r['sessions_at_p95_500ms']} | {r['cpu_ms_per_window']} ({r['cpu_ms_per_window_at_sessions']}) |"
+            f"| {m} | {r['sessions_at_p95_500ms']} | {r['cpu_ms_per_window']} ({r['cpu_ms_per_window_at_sessions']}) "
+            f"| {r.get('idle_server_cores', 0.0)} | {r.get('start_s', '–')} |"
         )
     lines += [
         "",

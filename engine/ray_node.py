@@ -116,6 +116,9 @@ def loopback_env(token: str, base: dict[str, str] | None = None) -> dict[str, st
             "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
             "RAY_USAGE_STATS_ENABLED": "0",
             SETUP_HOOK_ENV: SETUP_HOOK,
+            # Ray runs its workers at niceness 15; replicas serve live windows and must not yield
+            # to every other process of the node (the ZeroMQ servers run at 0 too)
+            "RAY_worker_niceness": "0",
             "PYTHONUNBUFFERED": "1",
             "HF_HUB_OFFLINE": "1",
         }

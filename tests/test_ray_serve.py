@@ -335,18 +335,14 @@ def test_onnx_export_has_named_tensors_a_dynamic_batch_and_a_triton_config(tmp_p
     import onnxruntime as ort
     import torch
 
+    from sentistream.cli.serve import export_onnx_repository
     from sentistream.engine.backends import EagerBackend, pad_inputs
     from sentistream.engine.config import load_config
     from sentistream.engine.fusion_server import load_fusion_model
     from sentistream.models.base import FusionInputs
 
-    proc = subprocess.run(
-        sentistream_cmd("serve", "--export-onnx", str(tmp_path), "--text-tokens", "32"),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # in-process: what `sentistream serve --export-onnx DIR --text-tokens 32` runs
+    export_onnx_repository(load_config(), str(tmp_path), 32)
     onnx_path = tmp_path / "sentistream_fusion" / "1" / "model.onnx"
     config = (tmp_path / "sentistream_fusion" / "config.pbtxt").read_text()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
