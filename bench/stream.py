@@ -12,7 +12,9 @@ a face track, or a user's ``--data`` folder) is replayed through the real proces
 For each variant: ``window`` = MMSA metrics of every event against the truth at its window's end,
 ``utterance`` = the same model's figure with one window per utterance on the same audio (its
 words scored alone, fused with the voice and face readouts of its events), ``flip_lag_s`` and
-``window_text`` (the text readout alone, to see what the voice and face changed). The scoring
+``window_text`` (the text readout alone, to see what the voice and face changed), and
+``window_by_phase``: the window figures of the windows that end in the first or second half of
+an utterance or in the pause after it (how much of it they could have heard). The scoring
 rules are in bench/stream_score.py.
 """
 
@@ -31,7 +33,15 @@ import numpy as np
 
 from .common import RESULTS, command_line, stamp, write_json
 from .stream_data import Recording, folder_recordings, mosi_streams
-from .stream_score import flip_lags, lag_summary, scored_events, text_readout_score, window_pairs
+from .stream_score import (
+    PHASES,
+    flip_lags,
+    lag_summary,
+    scored_events,
+    text_readout_score,
+    window_pairs,
+    window_phases,
+)
 
 DEFAULT_MOSI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mosi" / "mosi_transcripts.csv"
 VARIANTS = ("reference", "asr")
@@ -132,13 +142,14 @@ def _metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
 
 
 def score_variant(live, recs: list[Recording], runs: dict[str, list[dict]], variant: str) -> dict[str, Any]:
-    wp, wt, tp, up, ut = [], [], [], [], []
+    wp, wt, tp, up, ut, ph = [], [], [], [], [], []
     lags, never = [], 0
     for rec in recs:
         events = runs[rec.name]
         p, t = window_pairs(events, rec.segments)
         wp.append(p)
         wt.append(t)
+        ph += window_phases(events, rec.segments)
         tp.append(window_pairs(events, rec.segments, text_readout_score)[0])
         scores, _ = utterance_scores(live, rec, events, variant)
         up.append(scores)
@@ -147,8 +158,15 @@ def score_variant(live, recs: list[Recording], runs: dict[str, list[dict]], vari
         lags += lg
         never += nv
     wp_a, wt_a = np.concatenate(wp), np.concatenate(wt)
+    phases = np.asarray(ph)
+    # Where the window gap comes from: a window early in an utterance has heard only its start.
+    by_phase = {
+        name: {**_metrics(wp_a[phases == name], wt_a[phases == name]), "windows": int((phases == name).sum())}
+        for name in PHASES
+    }
     return {
         "window": _metrics(wp_a, wt_a),
+        "window_by_phase": by_phase,
         "utterance": _metrics(np.concatenate(up), np.concatenate(ut)),
         "window_text": _metrics(np.concatenate(tp), wt_a),
         "flip_lag_s": lag_summary(lags, never),
@@ -263,6 +281,13 @@ def _row(name: str, m: dict[str, float]) -> str:
     )
 
 
+PHASE_NAMES = {
+    "early": "first half of an utterance",
+    "late": "second half of an utterance",
+    "after": "pause after an utterance",
+}
+
+
 def markdown(r: dict[str, Any]) -> str:
     st = r["stamp"]
     lines = [
@@ -286,6 +311,8 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(_row(f"{vname}: window ({v['windows']} events)", v["window"]))
             lines.append(_row(f"{vname}: window, text readout alone", v["window_text"]))
             lines.append(_row(f"{vname}: utterance ({v['utterances']})", v["utterance"]))
+            for phase, m in (v.get("window_by_phase") or {}).items():
+                lines.append(_row(f"{vname}: window, {PHASE_NAMES[phase]} ({m['windows']} events)", m))
             if "realtime" in v:
                 lines.append(
                     _row(f"{vname}: window, real-time pace ({v['realtime']['seconds']:.0f} s)", v["realtime"]["window"])

@@ -54,6 +54,32 @@ def window_pairs(
     return np.asarray(pred, float), np.asarray(true, float)
 
 
+PHASES = ("early", "late", "after")
+
+
+def phase_at(segments: Sequence[Segment], t: float) -> str | None:
+    """Where ``t`` falls in the segment whose label is its truth: the first or the second half of
+    it being spoken (``early`` / ``late``), or the pause after it ended (``after``): how much of
+    the utterance a window could have heard."""
+    i = bisect_right([s.start_s for s in segments], t) - 1
+    if i < 0:
+        return None
+    seg = segments[i]
+    if t >= seg.end_s:
+        return "after"
+    return "early" if t < (seg.start_s + seg.end_s) / 2 else "late"
+
+
+def window_phases(events: Sequence[dict[str, Any]], segments: Sequence[Segment]) -> list[str]:
+    """:func:`phase_at` of each event :func:`window_pairs` scores, in the same order."""
+    out = []
+    for e in scored_events(events):
+        phase = phase_at(segments, float(e["window"]["t1"]))
+        if phase is not None:
+            out.append(phase)
+    return out
+
+
 def flip_lags(events: Sequence[dict[str, Any]], segments: Sequence[Segment]) -> tuple[list[float], int]:
     """(lags in seconds of the flips the stream followed, how many it never followed)."""
     evs = scored_events(events)

@@ -11,7 +11,7 @@ import pytest
 from conftest import read_jsonl, sentistream_cmd
 
 from sentistream.bench.stream_data import Segment, build_recording, read_segments
-from sentistream.bench.stream_score import flip_lags, segment_agreement, truth_at, window_pairs
+from sentistream.bench.stream_score import flip_lags, segment_agreement, truth_at, window_pairs, window_phases
 from sentistream.engine.windowing import WindowBuffer, split_utterances
 from sentistream.payloads import Word
 from sentistream.perception.reference import ReferenceRecognizer, load_reference_words
@@ -73,6 +73,8 @@ def test_truth_flip_lag_and_agreement_rules():
     events = [_event(t, 1) for t in (2.0, 3.0, 5.0, 6.0, 7.0, 8.0, 9.0, 9.5)] + [_event(10.0, -1, final=True)]
     pred, true = window_pairs(events, segs)
     assert pred.size == 8 and list(true[:3]) == [2.0, 2.0, -1.0]
+    # t1 = 2.0 (the middle of 1-3) is late; 3.0 after; 5.0 late; 6.0 after; 7.0 early; 8.0 late ...
+    assert window_phases(events, segs) == ["late", "after", "late", "after", "early", "late", "after", "after"]
     lags, never = flip_lags(events, segs)
     assert never == 1  # the second segment's sign never shows before the third ends
     assert lags == [0.0]  # the third: the stream already agrees as it ends
@@ -134,3 +136,25 @@ def test_small_stream_follows_each_utterance(tmp_path, variant):
     assert all(n and ok / n >= 0.75 for ok, n in agree), agree
     lags, never = flip_lags(events, rec.segments)
     assert never == 0 and len(lags) == 2 and max(lags) <= 1.5, lags
+    if variant != "reference":
+        return
+    # The bench command on the same folder (--data): it reuses this run (--keep) and writes the
+    # JSON whose key names other tools read.
+    import json
+    import subprocess
+
+    res = tmp_path / "res"
+    cmd = sentistream_cmd("bench", "stream", "--data", str(tmp_path), "--variants", "reference")
+    cmd += ["--keep", str(tmp_path), "--out", str(res), "--name", "small"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "kept from an earlier run" in out.stderr
+    v = json.loads((res / "small.json").read_text())["variants"]["reference"]
+    assert {"acc2_non0", "f1_non0", "mae", "corr"} <= set(v["window"]) and "acc2_non0" in v["utterance"]
+    assert set(v["flip_lag_s"]) >= {"p50", "p90", "never"} and v["flip_lag_s"]["never"] == 0
+    assert (
+        sum(p["windows"] for p in v["window_by_phase"].values())
+        == v["windows"]
+        == len(window_pairs(events, rec.segments)[0])
+    )
+    assert (res / "small.md").read_text().startswith("# bench stream")
