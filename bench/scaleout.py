@@ -388,16 +388,9 @@ def _ray_mode(name: str, args, pool: list[Any]) -> dict[str, Any]:
         def make(n: int) -> RayMode:
             return RayMode(name, address, cluster, n, args.sessions_per_client, args.flush_ms, timeout)
 
-        warm = make(8)
-        run_step(warm, 8, args.warmup_s + 2, args.budget_ms, pool, 0.5, args.hop_s)
-        idle = idle_cores(warm.server_pids)
-        warm.close()
-        steps, best = ladder(make, args, pool)
         from ..engine.ray_client import RayFusion
 
-        probe = RayFusion(address, timeout_s=10)
-        info = probe.info(refresh=True)
-        probe.close()
+        idle, steps, best, info = _measure_server(make, lambda: RayFusion(address, timeout_s=10), args, pool)
     finally:
         import ray
 
@@ -417,6 +410,20 @@ def _ray_mode(name: str, args, pool: list[Any]) -> dict[str, Any]:
     }
 
 
+def _measure_server(make, client, args, pool: list[Any]) -> tuple[float, list[dict], int, dict]:
+    """A server mode's run: warm it up, read its idle CPU, climb the session ladder, then ask a
+    fresh client for the server's info -> (idle cores, steps, sessions at p95 <= budget, info)."""
+    warm = make(8)
+    run_step(warm, 8, args.warmup_s + 2, args.budget_ms, pool, 0.5, args.hop_s)
+    idle = idle_cores(warm.server_pids)
+    warm.close()
+    steps, best = ladder(make, args, pool)
+    probe = client()
+    info = probe.info(refresh=True)
+    probe.close()
+    return idle, steps, best, info
+
+
 def _zmq_mode(args, pool: list[Any]) -> dict[str, Any]:
     from ..engine.fusion_client import RemoteFusion
     from ..engine.supervisor import free_tcp_port
@@ -432,14 +439,7 @@ def _zmq_mode(args, pool: list[Any]) -> dict[str, Any]:
         def make(n: int) -> ZmqMode:
             return ZmqMode(address, proc, n, timeout)
 
-        warm = make(8)
-        run_step(warm, 8, args.warmup_s + 2, args.budget_ms, pool, 0.5, args.hop_s)
-        idle = idle_cores(warm.server_pids)
-        warm.close()
-        steps, best = ladder(make, args, pool)
-        probe = RemoteFusion(address, timeout_s=10)
-        info = probe.info(refresh=True)
-        probe.close()
+        idle, steps, best, info = _measure_server(make, lambda: RemoteFusion(address, timeout_s=10), args, pool)
     finally:
         proc.terminate()
         try:
