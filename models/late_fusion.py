@@ -36,11 +36,8 @@ class FusedScore:
     terms: dict[str, float]  # text / audio (voice) / vision (face): what each added; they sum to score
 
     def weights(self) -> dict[str, float]:
-        """|term| shares (sum 1): the event's ``contributions``; all on text when nothing moved."""
-        total = sum(abs(v) for v in self.terms.values())
-        if total <= 1e-9:
-            return {"text": 1.0, "audio": 0.0, "vision": 0.0}
-        return {k: abs(v) / total for k, v in self.terms.items()}
+        """|term| shares (sum 1): the event's ``contributions`` when attributions are off."""
+        return attribution_shares(self.terms)
 
 
 def fuse(text_score: float | None, voice: float | None, face: float | None, text_strength: float = 1.0) -> FusedScore:
@@ -91,7 +88,8 @@ def occlusion_attributions(
 
 
 def attribution_shares(attributions: Mapping[str, float]) -> dict[str, float]:
-    """|attribution| shares (sum 1): the event's ``contributions``; all on text when nothing moved."""
+    """|value| shares (sum 1) of per-modality attributions or terms: the event's ``contributions``;
+    all on text when nothing moved."""
     total = sum(abs(v) for v in attributions.values())
     if total <= 1e-9:
         return {"text": 1.0, "audio": 0.0, "vision": 0.0}
