@@ -135,8 +135,10 @@ class FusionConfig:
 
 @dataclass
 class RayConfig:
-    """``sentistream serve --engine ray`` (engine/ray_serve.py): the fusion model as a Ray Serve
-    deployment. Sessions reach it with ``fusion.server = "ray://HOST:HTTP_PORT/APP"``."""
+    """``sentistream serve --engine ray`` (engine/ray_serve.py): the fusion model and the Whisper
+    recogniser as Ray Serve deployments, each its own application behind the one HTTP proxy.
+    Sessions reach them with ``fusion.server = "ray://HOST:HTTP_PORT/APP"`` and
+    ``asr.server = "ray://HOST:HTTP_PORT/WHISPER_APP"``."""
 
     # "" = start a cluster on this machine (loopback: a head node, plus worker_nodes more);
     # "HOST:PORT" = attach to the running cluster whose GCS is there (RAY_AUTH_TOKEN in the env)
@@ -160,6 +162,20 @@ class RayConfig:
     max_ongoing_requests: int = 64
     max_batch_size: int = 64  # requests merged by @serve.batch into one forward pass
     batch_wait_timeout_s: float = 0.002  # longest a request waits for others to join its batch
+    fusion: bool = True  # deploy the fusion application (app)
+    # The Whisper recogniser (the [asr] model: model_dir, device, compute_type) as a second
+    # application, whisper_app; its replicas decode the sessions' clips one after another.
+    whisper: bool = False
+    whisper_app: str = "whisper"
+    whisper_num_cpus: float = 1.0  # per Whisper replica (Ray resources; also its CTranslate2 threads)
+    whisper_num_gpus: float = 0.0  # per Whisper replica; > 0 runs Whisper on cuda
+    whisper_min_replicas: int = 1
+    whisper_max_replicas: int = 2
+    whisper_initial_replicas: int = 1
+    whisper_target_ongoing_requests: float = 2.0  # a decode takes ~0.1-0.3 s on a CPU core
+    whisper_max_ongoing_requests: int = 16
+    whisper_max_batch_size: int = 8  # decode requests one replica call takes (run one after another)
+    whisper_batch_wait_timeout_s: float = 0.005
 
 
 def parse_ray_address(address: str) -> tuple[str, int, str]:
@@ -214,6 +230,53 @@ def _validate_ray(r: RayConfig) -> None:
         )
     if not 0 <= r.batch_wait_timeout_s <= 1:
         raise ConfigError(f"ray.batch_wait_timeout_s must be 0..1 s, not {r.batch_wait_timeout_s}")
+    if not r.fusion and not r.whisper:
+        raise ConfigError("ray: deploys nothing (ray.fusion and ray.whisper are both false)")
+    if not r.whisper_app or not r.whisper_app.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"ray.whisper_app must be a name of letters, digits, '-' and '_', not {r.whisper_app!r}")
+    if r.fusion and r.whisper and r.whisper_app == r.app:
+        raise ConfigError(f"ray.whisper_app and ray.app must differ (both {r.app!r}): each is its own application")
+    if r.whisper_num_cpus < 0 or r.whisper_num_gpus < 0 or r.whisper_num_cpus + r.whisper_num_gpus <= 0:
+        raise ConfigError("ray.whisper_num_cpus and ray.whisper_num_gpus must be >= 0, and not both 0")
+    if (
+        not 0 <= r.whisper_min_replicas <= r.whisper_initial_replicas <= r.whisper_max_replicas
+        or r.whisper_max_replicas < 1
+    ):
+        raise ConfigError(
+            "ray: need 0 <= whisper_min_replicas <= whisper_initial_replicas <= whisper_max_replicas and "
+            f"whisper_max_replicas >= 1, not {r.whisper_min_replicas} / {r.whisper_initial_replicas} / "
+            f"{r.whisper_max_replicas}"
+        )
+    if r.whisper_target_ongoing_requests <= 0:
+        raise ConfigError("ray.whisper_target_ongoing_requests must be > 0")
+    if not 1 <= r.whisper_max_batch_size <= r.whisper_max_ongoing_requests:
+        raise ConfigError(
+            "ray: need 1 <= whisper_max_batch_size <= whisper_max_ongoing_requests, not "
+            f"{r.whisper_max_batch_size} / {r.whisper_max_ongoing_requests}"
+        )
+    if not 0 <= r.whisper_batch_wait_timeout_s <= 1:
+        raise ConfigError(f"ray.whisper_batch_wait_timeout_s must be 0..1 s, not {r.whisper_batch_wait_timeout_s}")
+
+
+def _validate_asr(a: Any) -> None:
+    """The ``[asr]`` fields the engine reads itself: the Whisper server's address."""
+    server = getattr(a, "server", "")
+    if server.startswith("ray://"):
+        try:
+            parse_ray_address(server)
+        except ValueError:
+            raise ConfigError(
+                f"asr.server: a Ray Serve address is ray://HOST:PORT/APP (e.g. ray://127.0.0.1:8000/whisper, "
+                f"the Whisper application of `sentistream serve --engine ray`), not {server!r}"
+            ) from None
+    elif server and not server.startswith(("tcp://", "ipc://")):
+        raise ConfigError(
+            "asr.server must be a tcp:// or ipc:// address (`sentistream serve-asr`), a Ray Serve "
+            f"application ray://HOST:PORT/APP (`sentistream serve --engine ray`, ray.whisper = true), "
+            f"or empty, not {server!r}"
+        )
+    if not getattr(a, "server_timeout_s", 1.0) > 0:
+        raise ConfigError(f"asr.server_timeout_s must be > 0, not {a.server_timeout_s!r}")
 
 
 def _perception_sections() -> dict[str, type]:
@@ -275,6 +338,7 @@ class EngineConfig:
                     "pip install 'sentistream[opensmile]' (research / personal-use licence)"
                 )
         _validate_fusion(self.fusion)
+        _validate_asr(self.asr)
         _validate_ray(self.ray)
         _validate_security(self.transport)
 
