@@ -16,6 +16,10 @@ reply (``asr_reply``) has ``meta.segments``: per segment its ``no_speech_prob``,
 ``meta.op = "info"`` returns the model (directory, device, compute type), the workers and the
 statistics (requests, errors, sessions seen).
 
+Its client :class:`RemoteWhisper`; :class:`RayWhisper` is the client of the same model as a Ray Serve
+deployment (``asr.server = "ray://HOST:PORT/whisper"``, engine/ray_serve.py), with the same
+interface, allow-list and segment JSON; :func:`open_whisper` picks one by the address's scheme.
+
 Concurrency: ``--workers`` decode threads share the one model (CTranslate2 runs that many
 requests at a time: ``WhisperModel(num_workers=...)``); requests are served first come, first
 served, at most ``max_queue`` queued (beyond: an immediate "overloaded" reply). Only the main
@@ -71,7 +75,11 @@ class RemoteAsrError(DecodeError):
 
 
 def open_whisper(options: AsrOptions) -> Any:
-    """The recogniser's Whisper: a client of ``options.server`` when one is set, else the local model."""
+    """The recogniser's Whisper: a client of ``options.server`` when one is set (``tcp://`` /
+    ``ipc://``: `sentistream serve-asr`; ``ray://HOST:PORT/APP``: the Whisper deployment of
+    `sentistream serve --engine ray`, engine/ray_client.py), else the local model."""
+    if options.server.startswith("ray://"):
+        return RayWhisper(options.server, options.server_timeout_s)
     if options.server:
         return RemoteWhisper(options.server, options.server_timeout_s)
     return load_whisper(options)
@@ -100,6 +108,45 @@ def check_options(options: Any) -> dict[str, Any]:
     if len(out.get("initial_prompt") or "") > 2000:
         raise ValueError("initial_prompt longer than 2000 characters")
     return out
+
+
+def check_request(msg: Message) -> tuple[np.ndarray, dict[str, Any]]:
+    """A ``transcribe`` request's clip and validated decode options; ValueError with the reason
+    for anything else (the ZeroMQ server and the Ray deployment check requests alike)."""
+    if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].ndim != 1:
+        raise ValueError("transcribe needs one float32 [N] array (16 kHz mono)")
+    audio = msg.arrays[0]
+    if audio.size > MAX_CLIP_S * 16000:
+        raise ValueError(f"clip longer than {MAX_CLIP_S:g} s")
+    if not np.isfinite(audio).all():
+        raise ValueError("the clip holds NaN or infinite samples")
+    return audio, check_options(msg.meta.get("options", {}))
+
+
+def transcribe_request(seq: int, audio: np.ndarray, encoder_pad_s: float, kwargs: dict[str, Any]) -> Message:
+    """A client's ``transcribe`` request: the clip as float32 and the decode options, checked
+    against the allow-list before anything is sent (ValueError)."""
+    options = dict(kwargs, encoder_pad_s=float(encoder_pad_s))
+    vad = options.get("vad_parameters")
+    if vad is not None and not isinstance(vad, dict):
+        options["vad_parameters"] = {k: getattr(vad, k) for k in VAD_KEYS}
+    clip = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+    meta = {"op": "transcribe", "options": check_options(options)}
+    return Message("asr_request", TOPIC, seq, now_ns(), 0.0, [clip], meta=meta)
+
+
+def decode_request(model: Any, audio: np.ndarray, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One checked request decoded on a local WhisperModel: its segments as JSON."""
+    from ..perception.asr import transcribe_segments
+
+    opts = dict(options)
+    pad = float(opts.pop("encoder_pad_s", 0.0))
+    vad = opts.pop("vad_parameters", None)
+    if vad is not None:
+        from faster_whisper.vad import VadOptions
+
+        opts["vad_parameters"] = VadOptions(**vad)
+    return segments_to_json(transcribe_segments(model, audio, pad, **opts))
 
 
 # --------------------------------------------------------------------------- results
@@ -223,8 +270,6 @@ class WhisperServer:
 
     # ---- decode threads --------------------------------------------------
     def _worker(self) -> None:
-        from ..perception.asr import transcribe_segments
-
         while not self.stopping.is_set():
             try:
                 identity, msg, opts = self._jobs.get(timeout=0.1)
@@ -232,14 +277,7 @@ class WhisperServer:
                 continue
             t0 = time.perf_counter()
             try:
-                pad = float(opts.pop("encoder_pad_s", 0.0))
-                vad = opts.pop("vad_parameters", None)
-                if vad is not None:
-                    from faster_whisper.vad import VadOptions
-
-                    opts["vad_parameters"] = VadOptions(**vad)
-                segments = transcribe_segments(self.model, msg.arrays[0], pad, **opts)
-                meta = {"segments": segments_to_json(segments)}
+                meta: dict[str, Any] = {"segments": decode_request(self.model, msg.arrays[0], opts)}
             except Exception as exc:  # a bad request must not stop the server
                 meta = {"error": f"decode failed: {type(exc).__name__}: {exc}"}
             meta["decode_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
@@ -284,13 +322,9 @@ class WhisperServer:
             )
         elif op != "transcribe":
             self._error(identity, msg.seq, f"unknown op {op!r} (transcribe, info)")
-        elif len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].ndim != 1:
-            self._error(identity, msg.seq, "transcribe needs one float32 [N] array (16 kHz mono)")
-        elif msg.arrays[0].size > MAX_CLIP_S * 16000:
-            self._error(identity, msg.seq, f"clip longer than {MAX_CLIP_S:g} s")
         else:
             try:
-                opts = check_options(msg.meta.get("options", {}))
+                _, opts = check_request(msg)
             except ValueError as exc:
                 self._error(identity, msg.seq, str(exc))
                 return
@@ -388,21 +422,54 @@ class RemoteWhisper:
         return self.transcribe(audio, encoder_pad_s, **kwargs)[0]
 
     def transcribe(self, audio: np.ndarray, encoder_pad_s: float = 0.0, **kwargs: Any):
-        options = dict(kwargs, encoder_pad_s=float(encoder_pad_s))
-        vad = options.get("vad_parameters")
-        if vad is not None and not isinstance(vad, dict):
-            options["vad_parameters"] = {k: getattr(vad, k) for k in VAD_KEYS}
         self._seq += 1
-        msg = Message(
-            "asr_request",
-            TOPIC,
-            self._seq,
-            now_ns(),
-            0.0,
-            [np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)],
-            meta={"op": "transcribe", "options": check_options(options)},
-        )
+        msg = transcribe_request(self._seq, audio, encoder_pad_s, kwargs)
         return segments_from_json(self._call(msg).meta.get("segments")), None
 
     def close(self) -> None:
         self.sock.close(linger=0)
+
+
+class RayWhisper:
+    """Stands in for a faster-whisper ``WhisperModel`` in perception/asr.py, as
+    :class:`RemoteWhisper` does for `serve-asr`: each decode is one HTTP request to the Whisper
+    deployment of `sentistream serve --engine ray --whisper` (engine/ray_serve.py), at
+    ``asr.server = "ray://HOST:PORT/whisper"``. It imports no Ray.
+
+    Wire: the framed message of engine/ray_client.py (``b"SSRF"``, frame lengths, the engine's
+    multipart message), an ``asr_request`` with one ``float32 [N]`` array (the 16 kHz mono clip,
+    raw bytes) and ``meta.op = "transcribe"`` with ``meta.options`` (the allow-list above, checked
+    here before sending and by the replica again); the reply is an ``asr_reply`` whose
+    ``meta.segments`` are JSON (:func:`segments_to_json`), or ``meta.error`` (HTTP 400 malformed,
+    500 a failed decode, 503 no replica). A failure or a timeout raises :class:`RemoteAsrError` (a
+    DecodeError): the recogniser skips that decode and goes on."""
+
+    name = "ray"
+
+    _ids = itertools.count(1)
+
+    def __init__(self, address: str, timeout_s: float = 10.0) -> None:
+        from .ray_client import ServeHttp
+
+        self.address = address
+        self.timeout_s = float(timeout_s)
+        self._http = ServeHttp(address, RemoteAsrError)
+        self.last_meta: dict[str, Any] = {}
+
+    def info(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """The served Whisper (model directory, device, compute type), the replica and its counts."""
+        msg = Message("asr_request", TOPIC, next(self._ids), now_ns(), 0.0, meta={"op": "info"})
+        return dict(self._http.post(msg, self.timeout_s if timeout_s is None else timeout_s).meta)
+
+    def decode_segments(self, audio: np.ndarray, encoder_pad_s: float, **kwargs: Any) -> list[Any]:
+        """perception.asr.SegmentDecoder: one decode on a Whisper replica."""
+        return self.transcribe(audio, encoder_pad_s, **kwargs)[0]
+
+    def transcribe(self, audio: np.ndarray, encoder_pad_s: float = 0.0, **kwargs: Any):
+        msg = transcribe_request(next(self._ids), audio, encoder_pad_s, kwargs)
+        reply = self._http.post(msg, self.timeout_s)
+        self.last_meta = {k: v for k, v in reply.meta.items() if k != "segments"}
+        return segments_from_json(reply.meta.get("segments")), None
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,6 +1,8 @@
 """The client of the fusion model on Ray Serve (engine/ray_serve.py): :class:`RayFusion`, a
-fusion backend with :class:`~sentistream.engine.fusion_client.RemoteFusion`'s interface, and the
-request framing both sides share. It imports no Ray: a session needs only the standard library.
+fusion backend with :class:`~sentistream.engine.fusion_client.RemoteFusion`'s interface, the
+request framing both sides share and :class:`ServeHttp`, the HTTP transport (also of the Whisper
+application's client, engine/asr_server.RayWhisper). It imports no Ray: a session needs only the
+standard library.
 
 Address: ``fusion.server = "ray://HOST:PORT/APP"``, where HOST:PORT is the Ray Serve HTTP proxy
 (``[ray] http_port``, default 8000) and APP the application's route prefix (``[ray] app``,
@@ -32,6 +34,7 @@ import queue
 import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -104,7 +107,59 @@ def collate_arrays(requests: list[list[np.ndarray]]) -> tuple[list[np.ndarray], 
     return [out[0], out[2], out[4], out[1], out[3], out[5]], counts
 
 
-# --------------------------------------------------------------------------- client
+# --------------------------------------------------------------------------- HTTP
+class ServeHttp:
+    """POSTs framed messages to one Serve application (a kept-alive connection per thread);
+    every failure, and a reply with ``meta.error``, raises ``error`` naming the address."""
+
+    def __init__(self, address: str, error: type[Exception]) -> None:
+        self.host, self.port, self.path = parse_address(address)
+        self.address = address
+        self.error = error
+        self._local = threading.local()
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.host, self.port)
+            self._local.conn = conn
+        return conn
+
+    def post(self, msg: Message, timeout_s: float) -> Message:
+        body = frame_body(msg)
+        for attempt in range(2):  # a kept-alive connection the proxy closed: once more on a new one
+            conn = self._conn()
+            conn.timeout = timeout_s
+            try:
+                if conn.sock is not None:
+                    conn.sock.settimeout(timeout_s)
+                conn.request("POST", self.path, body=body, headers={"Content-Type": "application/octet-stream"})
+                resp = conn.getresponse()
+                data = resp.read()
+                status = resp.status
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                if attempt or isinstance(exc, TimeoutError):
+                    raise self.error(f"Ray Serve {self.address}: {exc!r}") from None
+        try:
+            reply = unframe_body(data)
+        except MessageError:
+            text = data[:300].decode(errors="replace")
+            raise self.error(f"Ray Serve {self.address}: HTTP {status}: {text}") from None
+        if "error" in reply.meta:
+            raise self.error(f"Ray Serve {self.address}: HTTP {status}: {reply.meta['error']}")
+        return reply
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+# --------------------------------------------------------------------------- fusion client
 class RayFusion:
     """A fusion backend that asks the fusion deployment on Ray Serve.
 
@@ -125,46 +180,15 @@ class RayFusion:
         self.reason = f"Ray Serve {address}"
         self.last_meta: dict[str, Any] = {}
         self._info: dict | None = None
-        self._local = threading.local()
+        self._http = ServeHttp(address, RemoteFusionError)
         self._pending: list[tuple[int, Any]] = []
         self._done: queue.Queue[tuple[int, Any, dict]] = queue.Queue()
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="ray-fusion")
         self._closed = False
 
     # ---- HTTP ------------------------------------------------------------
-    def _conn(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-            self._local.conn = conn
-        return conn
-
     def _post(self, msg: Message, timeout_s: float) -> Message:
-        body = frame_body(msg)
-        for attempt in range(2):  # a kept-alive connection the proxy closed: once more on a new one
-            conn = self._conn()
-            conn.timeout = timeout_s
-            try:
-                if conn.sock is not None:
-                    conn.sock.settimeout(timeout_s)
-                conn.request("POST", self.path, body=body, headers={"Content-Type": "application/octet-stream"})
-                resp = conn.getresponse()
-                data = resp.read()
-                status = resp.status
-                break
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                self._local.conn = None
-                if attempt or isinstance(exc, TimeoutError):
-                    raise RemoteFusionError(f"Ray Serve {self.address}: {exc!r}") from None
-        try:
-            reply = unframe_body(data)
-        except MessageError:
-            text = data[:300].decode(errors="replace")
-            raise RemoteFusionError(f"Ray Serve {self.address}: HTTP {status}: {text}") from None
-        if "error" in reply.meta:
-            raise RemoteFusionError(f"Ray Serve {self.address}: HTTP {status}: {reply.meta['error']}")
-        return reply
+        return self._http.post(msg, timeout_s)
 
     # ---- requests --------------------------------------------------------
     def info(self, timeout_s: float | None = None, refresh: bool = False) -> dict[str, Any]:
@@ -253,23 +277,23 @@ class RayFusion:
             return
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
+        self._http.close()
 
 
-def wait_ready(address: str, timeout_s: float = 120.0) -> dict[str, Any]:
-    """Until the application at ``address`` answers ``info``; returns it (RemoteFusionError after timeout_s)."""
-    client = RayFusion(address, timeout_s=5.0)
+def wait_ready(address: str, timeout_s: float = 120.0, client: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Until the application at ``address`` answers ``info``; returns it (RemoteFusionError after
+    timeout_s). ``client(address)`` makes the client that asks (default :class:`RayFusion`; the
+    Whisper application's is engine/asr_server.RayWhisper)."""
+    probe = client(address) if client is not None else RayFusion(address, timeout_s=5.0)
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     try:
         while time.monotonic() < deadline:
             try:
-                return client.info(refresh=True)
-            except RemoteFusionError as exc:
+                return probe.info(timeout_s=5.0)
+            except RuntimeError as exc:  # RemoteFusionError, RemoteAsrError: not (yet) answering
                 last = exc
-                time.sleep(0.5)
+                time.sleep(0.25)
     finally:
-        client.close()
+        probe.close()
     raise RemoteFusionError(f"{address} not ready within {timeout_s:g} s: {last}")
