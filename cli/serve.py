@@ -43,6 +43,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ray["http_port"] = args.http_port
         if args.ray_address is not None:
             ray["address"] = args.ray_address
+        if args.whisper:
+            ray["whisper"] = True
         if ray:
             overrides["ray"] = ray
     fusion: dict[str, Any] = {}
@@ -136,7 +138,8 @@ def _export_onnx(cfg, out_dir: str, text_tokens: int) -> int:
 
 
 def _serve_ray(cfg) -> int:
-    """`sentistream serve --engine ray`: the fusion model on Ray Serve (engine/ray_serve.py)."""
+    """`sentistream serve --engine ray`: the fusion model (and with ``[ray] whisper = true`` the
+    Whisper recogniser) on Ray Serve (engine/ray_serve.py)."""
     import sys
 
     from ..engine.ray_node import RayNotInstalled, require_ray
@@ -148,17 +151,21 @@ def _serve_ray(cfg) -> int:
         return 2
     from ..engine import ray_serve
 
-    def ready(address: str, cluster) -> None:
+    def ready(addresses: dict[str, str], cluster) -> None:
         where = (
             f"a loopback cluster of {len(cluster.nodes)} node(s) (GCS {cluster.gcs_address}, pids "
             f"{', '.join(map(str, cluster.pids))}; token in {cluster.temp_dir}/auth_token)"
             if cluster is not None
             else f"the cluster at {cfg.ray.address}"
         )
-        print(
-            f'fusion on Ray Serve at {address}: {where}; sessions set fusion.server = "{address}"',
-            flush=True,
-        )
+        # the Whisper line first: a reader that waits for the fusion line has both then
+        for kind, section in (("whisper", "asr"), ("fusion", "fusion")):
+            address = addresses.get(kind)
+            if address:
+                print(
+                    f'{kind} on Ray Serve at {address}: {where}; sessions set {section}.server = "{address}"',
+                    flush=True,
+                )
 
     try:
         return ray_serve.serve_ray(cfg, on_ready=ready)
@@ -197,8 +204,15 @@ def register_serve(subparsers) -> None:
         "--engine",
         choices=["zmq", "ray"],
         default="zmq",
-        help="zmq: the fusion server (one machine, default); ray: a Ray Serve deployment "
-        "([ray] section; pip install 'sentistream[ray]'; docs/serving.md)",
+        help="zmq: the fusion server (one machine, default); ray: Ray Serve deployments of the fusion "
+        "model and, with --whisper / [ray] whisper = true, Whisper ([ray] section; pip install "
+        "'sentistream[ray]'; docs/serving.md)",
+    )
+    p.add_argument(
+        "--whisper",
+        action="store_true",
+        default=None,
+        help="--engine ray: also deploy the Whisper recogniser ([ray] whisper = true; asr.server = ray://.../whisper)",
     )
     p.add_argument("--worker-nodes", type=int, default=None, help="--engine ray: [ray] worker_nodes")
     p.add_argument("--http-port", type=int, default=None, help="--engine ray: [ray] http_port (Serve's proxy)")

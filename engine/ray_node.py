@@ -200,8 +200,10 @@ def start_node(
     ready_timeout_s: float = 120.0,
     extra_env: dict[str, str] | None = None,
     object_store_mb: int = 128,
+    wait: bool = True,
 ) -> RayNode:
-    """Start a head (``head=True``) or a worker node of the cluster whose GCS is on ``gcs_port``."""
+    """Start a head (``head=True``) or a worker node of the cluster whose GCS is on ``gcs_port``;
+    ``wait=False`` returns at once (:func:`wait_node_ready` waits for it)."""
     require_ray()
     gcs_address = f"{LOOPBACK}:{gcs_port}"
     args = [
@@ -245,15 +247,23 @@ def start_node(
             start_new_session=True,  # its own session: stop() finds the node's children by it
         )
     node = RayNode(proc, head, gcs_address, temp_dir, log_path, env)
+    if wait:
+        wait_node_ready(node, ready_timeout_s)
+    return node
+
+
+def wait_node_ready(node: RayNode, ready_timeout_s: float = 120.0) -> None:
+    """Until the node's ``ray start`` reports the runtime started (RuntimeError, the node
+    stopped, if it exits or takes longer than ``ready_timeout_s``)."""
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray node exited ({proc.returncode}):\n{_tail(log_path)}")
-        if "Ray runtime started" in log_path.read_text(errors="replace"):
-            return node
-        time.sleep(0.2)
+        if node.proc.poll() is not None:
+            raise RuntimeError(f"ray node exited ({node.proc.returncode}):\n{_tail(node.log_path)}")
+        if "Ray runtime started" in node.log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
     node.stop()
-    raise RuntimeError(f"ray node not up within {ready_timeout_s:g} s:\n{_tail(log_path)}")
+    raise RuntimeError(f"ray node not up within {ready_timeout_s:g} s:\n{_tail(node.log_path)}")
 
 
 def _tail(path: Path, n: int = 40) -> str:
