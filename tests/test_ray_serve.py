@@ -1,13 +1,18 @@
-"""The fusion model on Ray Serve: a real 2-node cluster on 127.0.0.1 (head + worker, started as
-subprocesses and stopped by pid), the deployment made by `sentistream serve --engine ray`, two
-sessions through the real graph, a replica SIGKILLed mid-stream, malformed requests, and every
+"""The fusion model and Whisper on Ray Serve: a real 2-node cluster on 127.0.0.1 (head + worker,
+started as subprocesses and stopped by pid), the deployments made by `sentistream serve --engine
+ray --whisper`, two sessions through the real graph, a replica SIGKILLed mid-stream, the real ASR
+stage decoding espeak-ng speech on the Whisper deployment, malformed requests, and every
 listening socket of every process the test started on loopback. Also: the command without the
-extra, and the model's ONNX export as a Triton model repository (onnxruntime runs it here)."""
+extra, and the model's ONNX export as a Triton model repository (onnxruntime runs it here).
+
+One cluster and one `serve` for the whole module (the fixture is module-scoped): starting them
+is most of the file's time."""
 
 from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +24,9 @@ import pytest
 from conftest import read_jsonl, sentistream_cmd
 
 from sentistream.bench.procs import descendants
-from sentistream.engine.messages import Message
+from sentistream.engine.asr_server import RayWhisper
+from sentistream.engine.fusion_wire import RemoteFusionError
+from sentistream.engine.messages import Message, now_ns
 from sentistream.engine.ray_client import RayFusion, frame_body, unframe_body
 from sentistream.engine.ray_node import RayNotInstalled, require_ray, session_pids
 from sentistream.engine.ray_serve import start_local_cluster
@@ -35,7 +42,7 @@ needs_ray = pytest.mark.skipif(bool(NO_RAY), reason=NO_RAY)
 pytestmark = pytest.mark.timeout(300)
 
 HOP = 0.25
-DURATION_S = 14.0
+DURATION_S = 11.0
 
 
 def _free_port() -> int:
@@ -44,8 +51,8 @@ def _free_port() -> int:
     return free_port()
 
 
-def _replica_pids(cluster) -> dict[int, int]:
-    """Fusion replica pid -> the node (launcher pid) it runs on."""
+def _replica_pids(cluster, deployment: bytes = b"ServeReplica:fusion:FusionModel") -> dict[int, int]:
+    """Replica pid (fusion by default) -> the node (launcher pid) it runs on."""
     out = {}
     for node in cluster.nodes:
         for pid in set(session_pids(node.pid)) | set(descendants(node.pid)):
@@ -53,7 +60,7 @@ def _replica_pids(cluster) -> dict[int, int]:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ServeReplica:fusion:FusionModel" in cmd:
+            if deployment in cmd:
                 out[pid] = node.pid
     return out
 
@@ -96,10 +103,12 @@ def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
 
 @pytest.fixture(scope="module")
 def ray_app(tmp_path_factory):
-    """A head and a worker node (1 CPU each) on 127.0.0.1, and `sentistream serve --engine ray`
-    attached to them: two replicas, one per node."""
+    """A head and a worker node (2 logical CPUs each) on 127.0.0.1, and `sentistream serve --engine
+    ray --whisper` attached to them: two fusion replicas, one per node, and one Whisper replica."""
     tmp = tmp_path_factory.mktemp("ray")
-    cluster = start_local_cluster(worker_nodes=1, node_cpus=1)
+    t0 = time.monotonic()
+    cluster = start_local_cluster(worker_nodes=1, node_cpus=2)
+    t_cluster = time.monotonic() - t0
     port = _free_port()
     conf = tmp / "ray.toml"
     conf.write_text(
@@ -107,10 +116,13 @@ def ray_app(tmp_path_factory):
         f"http_port = {port}\n"
         "min_replicas = 2\ninitial_replicas = 2\nmax_replicas = 2\n"
         "num_cpus = 1.0\nbatch_wait_timeout_s = 0.005\n"
+        "whisper_num_cpus = 1.0\nwhisper_min_replicas = 1\nwhisper_initial_replicas = 1\nwhisper_max_replicas = 1\n"
     )
     env = {**os.environ, "RAY_AUTH_TOKEN": cluster.token, "HF_HUB_OFFLINE": "1"}
     serve = subprocess.Popen(
-        sentistream_cmd("serve", "--engine", "ray", "--config", str(conf), "--ray-address", cluster.gcs_address),
+        sentistream_cmd(
+            "serve", "--engine", "ray", "--whisper", "--config", str(conf), "--ray-address", cluster.gcs_address
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -129,8 +141,19 @@ def ray_app(tmp_path_factory):
         assert lines and lines[-1].startswith("fusion on Ray Serve at"), "".join(lines[-30:])
         address = lines[-1].split()[5].rstrip(":")
         assert address == f"ray://127.0.0.1:{port}/fusion"
-        yield {"cluster": cluster, "serve": serve, "address": address, "port": port, "tmp": tmp}
+        whisper = [ln for ln in lines if ln.startswith("whisper on Ray Serve at")]
+        assert whisper and f'asr.server = "ray://127.0.0.1:{port}/whisper"' in whisper[0], lines[-5:]
+        print(f"\ncluster up in {t_cluster:.1f} s, both applications answer after {time.monotonic() - t0:.1f} s")
+        yield {
+            "cluster": cluster,
+            "serve": serve,
+            "address": address,
+            "whisper": f"ray://127.0.0.1:{port}/whisper",
+            "port": port,
+            "tmp": tmp,
+        }
     finally:
+        t_stop = time.monotonic()
         if serve.poll() is None:
             serve.send_signal(signal.SIGINT)  # it deletes the application, then exits
             try:
@@ -139,6 +162,7 @@ def ray_app(tmp_path_factory):
                 serve.kill()
                 serve.wait()
         cluster.stop()  # each node by its own pid: never `ray stop`
+        print(f"\nserve and the cluster stopped in {time.monotonic() - t_stop:.1f} s")
         left = [p for n in cluster.nodes for p in session_pids(n.pid)]
         assert not left, f"Ray processes left behind: {left}"
 
@@ -281,22 +305,34 @@ def test_two_graph_sessions_survive_a_killed_replica_and_nothing_listens_off_hos
 
         replicas = _replica_pids(cluster)
         victim = min(replicas)
+        probe = RayFusion(ray_app["address"], timeout_s=5)
+        arrays = _window_arrays(probe.info()["dims"], 1)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         stream_t_at_kill = [read_jsonl(o)[-1]["window"]["t1"] for o in outs]
-        restarted_after = None
-        while time.monotonic() - killed_at < 60:
-            now = _replica_pids(cluster)
-            if len(now) == 2 and victim not in now:
-                restarted_after = time.monotonic() - killed_at
-                break
-            time.sleep(0.2)
+        # restarted: a new replica process is there (started_after) and it answers (restarted_after)
+        started_after = restarted_after = None
+        try:
+            while time.monotonic() - killed_at < 60 and restarted_after is None:
+                now = _replica_pids(cluster)
+                new = set(now) - set(replicas)
+                if new and started_after is None:
+                    started_after = time.monotonic() - killed_at
+                if new:
+                    try:
+                        if probe.infer_arrays(arrays).meta["replica_pid"] in new:
+                            restarted_after = time.monotonic() - killed_at
+                    except RemoteFusionError:
+                        pass
+                time.sleep(0.1)
+        finally:
+            probe.close()
         results = [r.communicate(timeout=150) for r in runs]
     finally:
         for r in runs:
             if r.poll() is None:
                 r.kill()
-    assert restarted_after is not None, "Ray did not replace the killed replica within 60 s"
+    assert restarted_after is not None, f"Ray did not replace the killed replica within 60 s ({started_after})"
     expected = round(DURATION_S / HOP)
     report = []
     for i, (run, out, (_, stderr)) in enumerate(zip(runs, outs, results)):
@@ -311,7 +347,100 @@ def test_two_graph_sessions_survive_a_killed_replica_and_nothing_listens_off_hos
         assert abs(lost) <= 1, report[-1]  # a window Ray failed is scored locally, never dropped
         assert sum(1 for e in hops if e["window"]["t1"] > stream_t_at_kill[i] + 1.0) >= 8, "no events after the kill"
         assert sum(1 for e in events if e["model"].get("backend") == "remote") >= len(events) - 8
-    print(f"replica {victim} SIGKILLed; a new one answered after {restarted_after:.1f} s; " + "; ".join(report))
+    print(
+        f"replica {victim} SIGKILLed; a new one started after {started_after:.1f} s and answered after "
+        f"{restarted_after:.1f} s; " + "; ".join(report)
+    )
+
+
+@needs_ray
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_the_asr_stage_decodes_real_speech_on_the_whisper_deployment(ray_app, tmp_path):
+    """The graph's real ASR stage (in this process, engine/harness.run_stage) with
+    asr.server = ray://.../whisper: espeak-ng speech in, the words out, every decode on the replica."""
+    from test_asr import CHUNK, SENTENCES, tts, wer
+
+    from sentistream.engine.asr_server import open_whisper
+    from sentistream.engine.config import load_config
+    from sentistream.engine.harness import run_stage, stage_spec
+    from sentistream.engine.stages.asr import AsrStage
+
+    cfg = load_config(None, {"asr": {"server": ray_app["whisper"], "server_timeout_s": 30.0}})
+    assert isinstance(open_whisper(cfg.asr), RayWhisper)
+    client = RayWhisper(ray_app["whisper"], timeout_s=30)
+    before = client.info()
+    assert before["engine"] == "ray" and before["compute_type"] == "int8" and before["model_dir"]
+    silence = np.zeros(8000, np.float32)
+    audio = np.concatenate([silence, tts(SENTENCES[0], tmp_path / "s.wav"), silence])
+    inputs = [
+        Message("audio_chunk", "audio", n, now_ns(), k / 16000, [audio[k : k + CHUNK]])
+        for n, k in enumerate(range(0, audio.size, CHUNK))
+    ]
+    inputs.append(Message("eos", "audio", len(inputs), now_ns(), audio.size / 16000))
+    stage = AsrStage(stage_spec("asr", inputs=["audio"], outputs=["words", "voice"], config=cfg), cfg)
+    run = run_stage(stage, inputs)
+    committed = [w["text"] for m in run.of_kind("words") for w in m.meta["committed"]]
+    text = " ".join(committed)
+    assert wer(SENTENCES[0], text) <= 0.2, text
+    after = client.info()
+    assert after["pid"] == before["pid"]
+    assert after["stats"]["requests"] > before["stats"]["requests"] and after["stats"]["errors"] == 0
+    client.close()
+
+
+@needs_ray
+def test_a_malformed_decode_request_gets_a_400_and_the_whisper_replica_lives(ray_app):
+    before = _replica_pids(ray_app["cluster"], b"ServeReplica:whisper:WhisperModel")
+    assert len(before) == 1
+    conn = http.client.HTTPConnection("127.0.0.1", ray_app["port"], timeout=30)
+
+    def post(body: bytes) -> tuple[int, str]:
+        conn.request("POST", "/whisper", body=body)
+        resp = conn.getresponse()
+        return resp.status, unframe_body(resp.read()).meta.get("error", "")
+
+    try:
+        status, err = post(b"RIFF\x00\x00 a wav file is not a request")
+        assert status == 400 and "malformed request" in err, err
+        two_d = Message("asr_request", "asr", 3, 0, 0.0, [np.zeros((2, 800), np.float32)], meta={"op": "transcribe"})
+        status, err = post(frame_body(two_d))
+        assert status == 400 and "one float32 [N] array" in err, err
+        ints = Message("asr_request", "asr", 4, 0, 0.0, [np.zeros(800, np.int16)], meta={"op": "transcribe"})
+        assert post(frame_body(ints))[0] == 400
+        evil = Message(
+            "asr_request",
+            "asr",
+            5,
+            0,
+            0.0,
+            [np.zeros(1600, np.float32)],
+            meta={"op": "transcribe", "options": {"evil": "x"}},
+        )
+        status, err = post(frame_body(evil))
+        assert status == 400 and "unknown decode option 'evil'" in err, err
+        status, err = post(frame_body(Message("fusion_request", "fusion", 6, 0, 0.0, meta={"op": "info"})))
+        assert status == 400 and "expected an asr_request" in err, err
+    finally:
+        conn.close()
+    client = RayWhisper(ray_app["whisper"], timeout_s=30)
+    try:
+        segments, _ = client.transcribe(np.zeros(16000, np.float32), encoder_pad_s=1.0, language="en")
+        assert isinstance(segments, list)  # a second of silence: answered, whatever Whisper makes of it
+        assert client.info()["stats"]["malformed"] >= 5
+    finally:
+        client.close()
+    assert _replica_pids(ray_app["cluster"], b"ServeReplica:whisper:WhisperModel") == before
+
+
+def test_a_malformed_asr_server_address_is_a_config_error():
+    from sentistream.engine.config import ConfigError, load_config
+
+    for bad in ("ray://127.0.0.1/whisper", "ray://127.0.0.1:8000/", "ray://127.0.0.1:8000/a/b", "http://x:1/w"):
+        with pytest.raises(ConfigError, match="asr.server"):
+            load_config(None, {"asr": {"server": bad}})
+    assert load_config(None, {"asr": {"server": "ray://127.0.0.1:8000/whisper"}}).asr.server.endswith("/whisper")
+    with pytest.raises(ConfigError, match="whisper_app and ray.app must differ"):
+        load_config(None, {"ray": {"whisper": True, "whisper_app": "fusion"}})
 
 
 def test_without_ray_the_command_says_what_to_install(tmp_path):
