@@ -57,6 +57,10 @@ class WordsPayload:
     utterance_end: bool = False
     final_through_s: float = 0.0  # no word will be committed before this stream time any more
     decode_ms: float = 0.0
+    # A heartbeat of an idle recogniser: it has decoded all the audio it heard (through
+    # heard_through_s) and waits for more; the words are unchanged (keep the partial shown).
+    idle: bool = False
+    heard_through_s: float = 0.0  # stream time of the end of the audio the recogniser has received
 
     def to_meta(self) -> dict[str, Any]:
         return {
@@ -65,6 +69,8 @@ class WordsPayload:
             "utterance_end": bool(self.utterance_end),
             "final_through_s": float(self.final_through_s),
             "decode_ms": float(self.decode_ms),
+            "idle": bool(self.idle),
+            "heard_through_s": float(self.heard_through_s),
         }
 
     @classmethod
@@ -73,12 +79,17 @@ class WordsPayload:
         if not isinstance(through, (int, float)) or isinstance(through, bool) or not math.isfinite(through):
             through = default_through_s
         decode_ms = meta.get("decode_ms", 0.0)
+        heard = meta.get("heard_through_s", 0.0)
+        if not isinstance(heard, (int, float)) or isinstance(heard, bool) or not math.isfinite(heard):
+            heard = 0.0
         return cls(
             committed=words_from_meta(meta.get("committed", [])),
             partial=words_from_meta(meta.get("partial", [])),
             utterance_end=bool(meta.get("utterance_end", False)),
             final_through_s=float(through),
             decode_ms=float(decode_ms) if isinstance(decode_ms, (int, float)) else 0.0,
+            idle=meta.get("idle") is True,
+            heard_through_s=float(heard),
         )
 
 

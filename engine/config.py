@@ -63,7 +63,8 @@ class SupervisorConfig:
     drain_timeout_s: float = 60.0  # after the source ends, how long to wait for the last event
     # Niceness added to the ASR stage's process (0 = none): a Whisper decode keeps the cores busy
     # for a quarter second at a time; at a lower priority it leaves them to the face and fusion
-    # stages, whose latency is the frame -> event figure (ASR's own is about a second anyway).
+    # stages, whose latency is the frame -> event figure (ASR's own is about a second anyway). Not in
+    # a --pace fast replay, where every window waits for the words (pipelines/standard.py).
     asr_nice: int = 10
 
 

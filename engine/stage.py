@@ -429,6 +429,7 @@ class Stage:
             log.error("%s: crash_at_start is set: exiting with code %d", self.name, EXIT_CRASH_INJECTED)
             return EXIT_CRASH_INJECTED
         _install_signal_handlers(self)
+        delivered_linger_ms = 200  # how long the output may take to reach the consumers at exit
         self._open_sockets()
         try:
             self.setup()
@@ -451,6 +452,8 @@ class Stage:
                     self.repeat_eos()
                     self.maybe_send_stats(force=True)
                     self.report("done")
+                    if not self.stopping:  # the media ended (not a stop request)
+                        delivered_linger_ms = int(self.config.supervisor.drain_timeout_s * 1000)
             else:
                 while not self.stopping:
                     self._poll_commands()
@@ -475,9 +478,14 @@ class Stage:
         finally:
             self.teardown()
             self._flush_logs()
-            for sock in (self.sub, self.pub, self.commands):
+            for sock in (self.sub, self.commands):
                 if sock is not None:
                     sock.close(linger=200)
+            if self.pub is not None:
+                # A source that reached its end keeps its output until the consumers have it (up to
+                # the drain timeout): a recogniser behind a fast replay still has seconds of audio
+                # and the eos queued here, and closing at once would lose them all unseen.
+                self.pub.close(linger=delivered_linger_ms)
             self.control.close(linger=500)
             self.security.close()
             # Flush what is still queued (up to each socket's linger) before the interpreter

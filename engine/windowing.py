@@ -6,6 +6,7 @@ same window contents live and offline.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -224,28 +225,49 @@ class CompleteClock:
     live input's progress, i.e. the media time before which it has delivered everything it
     will (for the words: the recogniser's ``final_through_s``).
 
-    An input that is waited for and has sent nothing for ``stall_s`` wall seconds (a
-    recogniser that needs audio the source is holding back goes quiet; one that is merely
-    slow still reports each decode) stops holding windows up until it moves again: ``clock``
-    then returns the newest time and the names of the stalled inputs.
+    When the slowest input has sent nothing for ``stall_s`` wall seconds, windows stop waiting
+    for it only if it is *idle*: it has caught up with the newest media (its progress, or for the
+    words the ``heard_through_s`` of the recogniser's idle heartbeat, is within ``CAUGHT_UP_S``
+    of it), i.e. it needs audio the source is holding back. One that is merely behind (a
+    recogniser starved of CPU, or paused) is waited for, up to ``behind_s`` of silence (it is
+    dead: the supervisor restarts it meanwhile). ``clock`` then returns the newest time and the
+    names of the stalled inputs.
     """
 
-    def __init__(self, inputs: set[str] | list[str], stall_s: float):
+    CAUGHT_UP_S = 1.0  # an input this close to the newest media has heard all there is
+
+    def __init__(self, inputs: set[str] | list[str], stall_s: float, behind_s: float | None = None):
         self.inputs = set(inputs)
         self.stall_s = stall_s
+        self.behind_s = max(stall_s, behind_s if behind_s is not None else stall_s)
         self.progress: dict[str, float] = {}
+        self.idle_heard: dict[str, float] = {}  # an idle heartbeat's heard-through time, per input
         self._slowest = 0.0  # the slowest input's progress at the last clock()
         self._heard: float | None = None  # wall time the slowest input last moved or spoke
 
-    def advance(self, stream: str, t: float, now: float) -> None:
-        """stream has delivered everything up to media time t (a message arrived at wall time now)."""
-        if self.progress.get(stream, 0.0) <= self._slowest + 1e-9:
-            self._heard = now  # the input being waited for is alive, even if it did not move
+    def advance(self, stream: str, t: float, now: float, idle_heard_s: float | None = None) -> None:
+        """stream has delivered everything up to media time t (a message arrived at wall time now).
+        ``idle_heard_s``: the message is an idle heartbeat (the sender has decoded all it heard,
+        up to that media time, and is waiting for more): it says nothing about being busy."""
+        if idle_heard_s is not None:
+            self.idle_heard[stream] = float(idle_heard_s)
+        else:
+            self.idle_heard.pop(stream, None)
+            if self.progress.get(stream, 0.0) <= self._slowest + 1e-9:
+                self._heard = now  # the input being waited for is alive, even if it did not move
         self.progress[stream] = max(self.progress.get(stream, 0.0), float(t))
 
     @property
     def slowest(self) -> float:
         return self._slowest
+
+    def silent_s(self, now: float) -> float:
+        """Wall seconds since the slowest input last moved or spoke."""
+        return 0.0 if self._heard is None else now - self._heard
+
+    def _idle(self, stream: str, newest: float) -> bool:
+        heard = max(self.progress.get(stream, 0.0), self.idle_heard.get(stream, -math.inf))
+        return heard >= newest - self.CAUGHT_UP_S
 
     def clock(
         self, newest: float, now: float, ended: set[str] | frozenset[str] = frozenset()
@@ -257,6 +279,8 @@ class CompleteClock:
         if self._heard is None or slowest > self._slowest + 1e-9 or slowest >= newest:
             self._slowest, self._heard = slowest, now
             return min(slowest, newest), []
-        if now - self._heard > self.stall_s:
-            return newest, sorted(s for s, t in waiting.items() if t <= slowest)
+        silent = now - self._heard
+        stalled = sorted(s for s, t in waiting.items() if t <= slowest)
+        if silent > self.behind_s or (silent > self.stall_s and all(self._idle(s, newest) for s in stalled)):
+            return newest, stalled
         return slowest, []

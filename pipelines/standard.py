@@ -53,7 +53,9 @@ def standard_pipeline(config: EngineConfig) -> Pipeline:
                 "asr",
                 inputs=("audio",),
                 outputs=("words", "voice"),
-                params={"nice": config.supervisor.asr_nice},
+                # In a fast replay every window waits for the words: a niced recogniser starved by
+                # the other stages' full-speed work would only hold the whole graph up.
+                params={"nice": 0 if fast_replay else config.supervisor.asr_nice},
             )
         )
         fusion_inputs += ["audio_feat", "words", "voice"]

@@ -4,8 +4,12 @@ once every input has delivered it, so each window holds the words spoken in it."
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, read_jsonl, sentistream_cmd
@@ -13,7 +17,46 @@ from conftest import REPO, read_jsonl, sentistream_cmd
 HOP = 0.25
 
 
-@pytest.fixture(scope="module", params=["demo", "audio_only"])
+def _child_pid(parent: int, stage: str, timeout_s: float = 60.0) -> int:
+    """The pid of the graph's stage process ``stage`` (a child of the run's process)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == parent and b"sentistream.engine.worker" in cmdline and stage.encode() in cmdline:
+                return int(entry.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no {stage} stage process under pid {parent}")
+
+
+def _run_with_asr_paused(cmd: list[str], out: Path, pause_s: float) -> subprocess.CompletedProcess:
+    """Run the graph and freeze its ASR process for pause_s once the first event is out: a
+    recogniser starved of CPU on a loaded machine, made repeatable."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        asr = _child_pid(proc.pid, "asr")
+        deadline = time.monotonic() + 120
+        while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(asr, signal.SIGSTOP)
+        time.sleep(pause_s)
+        os.kill(asr, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module", params=["demo", "audio_only", "asr_paused"])
 def fast_run(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"fast_{request.param}")
     source = "demo"
@@ -38,12 +81,13 @@ def fast_run(request, tmp_path_factory):
             timeout=60,
         )
     out = d / "events.jsonl"
-    proc = subprocess.run(
-        sentistream_cmd("run", "--source", source, "--pace", "fast", "--view", "none", "--jsonl", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cmd = sentistream_cmd("run", "--source", source, "--pace", "fast", "--view", "none", "--jsonl", str(out))
+    if request.param == "asr_paused":
+        # Longer than fusion's patience with an idle input (COMPLETE_STALL_S): a recogniser that is
+        # behind is waited for, so no window is cut before its words.
+        proc = _run_with_asr_paused(cmd, out, pause_s=4.0)
+    else:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     return request.param, proc, read_jsonl(out) if out.exists() else []
 
 

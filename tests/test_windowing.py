@@ -104,3 +104,24 @@ def test_complete_clock_stops_waiting_for_a_silent_input_until_it_moves():
     c.advance("audio_feat", 7.5, now=15.5)
     assert c.clock(7.5, now=15.5) == (7.0, [])
     assert c.clock(7.5, now=30.0, ended={"words"}) == (7.5, [])  # only audio_feat left, and it is the newest
+
+
+def test_complete_clock_cuts_past_an_idle_input_but_waits_for_one_behind():
+    c = CompleteClock({"audio_feat", "words"}, stall_s=2.0, behind_s=30.0)
+    c.advance("audio_feat", 8.0, now=0.0)
+    c.advance("words", 2.0, now=0.0)
+    assert c.clock(8.0, now=0.0) == (2.0, [])
+    # silent (starved of CPU, or paused): it heard no more than 2.0 s, the media is at 8 s
+    assert c.clock(8.0, now=5.0) == (2.0, [])
+    assert c.clock(8.0, now=29.0) == (2.0, [])
+    assert c.clock(8.0, now=30.5) == (8.0, ["words"])  # silent past behind_s: dead, cut
+    c.advance("words", 3.0, now=31.0)
+    assert c.clock(8.0, now=31.0) == (3.0, [])
+    # idle heartbeats: it decoded all it heard (7.5 s, caught up) and waits for the held audio
+    c.advance("words", 3.0, now=31.5, idle_heard_s=7.5)
+    c.advance("words", 3.0, now=32.5, idle_heard_s=7.5)
+    assert c.clock(8.0, now=32.9) == (3.0, [])  # heartbeats do not count as moving ...
+    assert c.clock(8.0, now=33.1) == (8.0, ["words"])  # ... so after stall_s the windows go on
+    # an old heartbeat does not make it idle once more media came (it is behind again)
+    c.advance("audio_feat", 12.0, now=33.2)
+    assert c.clock(12.0, now=36.0) == (3.0, [])

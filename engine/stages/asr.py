@@ -12,6 +12,7 @@ import bisect
 import logging
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -20,6 +21,13 @@ from ..messages import Message, now_ns
 from ..stage import FatalStageError, Stage
 
 log = logging.getLogger("sentistream.asr")
+
+# An idle recogniser (all it heard is decoded) says so this often: a fast replay's fusion then
+# knows it waits for audio the source holds back, not that it is behind (engine/windowing.py).
+IDLE_HEARTBEAT_S = 0.5
+
+
+_IDLE = object()  # queued by the decode thread: publish an idle heartbeat
 
 
 class AsrStage(Stage):
@@ -51,6 +59,7 @@ class AsrStage(Stage):
         self._voice_ended = False
         self.updates: queue.Queue = queue.Queue()
         self.audio_end = 0.0
+        self._final_through = 0.0  # the newest final_through_s published
         # (media time, capture ns) of each chunk's first sample: maps word times to capture times
         self._clock_map: list[tuple[float, int]] = []
         self._last_trace: dict[str, int] = {}
@@ -60,6 +69,7 @@ class AsrStage(Stage):
         self.thread.start()
 
     def _decode_loop(self) -> None:
+        last_put = time.monotonic()
         while not self._halt.is_set():
             try:
                 update = self.recognizer.step()
@@ -72,6 +82,10 @@ class AsrStage(Stage):
             # A decoded step that cleared the partial is published too, so no stale guess lingers.
             if update.committed or update.partial or update.utterance_end or update.decoded:
                 self.updates.put(update)
+                last_put = time.monotonic()
+            elif time.monotonic() - last_put >= IDLE_HEARTBEAT_S:
+                self.updates.put(_IDLE)
+                last_put = time.monotonic()
             if update.decode_ms <= 0:
                 self._halt.wait(0.05)  # nothing new to decode yet
 
@@ -124,6 +138,13 @@ class AsrStage(Stage):
         t0, c0 = self._clock_map[max(i, 0)]
         return min(int(c0 + max(0.0, t_media - t0) * 1e9), now_ns())
 
+    def _publish_idle(self) -> None:
+        """The recogniser has decoded what it heard and waits for more: words unchanged."""
+        payload = WordsPayload(final_through_s=self._final_through, idle=True, heard_through_s=self.audio_end)
+        trace = {k: v for k, v in self._last_trace.items() if k != self.name}
+        t = self.audio_end
+        self.publish(Message("words", "words", 0, self._capture_ns_at(t), t, meta=payload.to_meta(), trace=trace))
+
     def _publish_update(self, update) -> None:
         payload = WordsPayload(
             committed=list(update.committed),
@@ -131,7 +152,9 @@ class AsrStage(Stage):
             utterance_end=bool(update.utterance_end),
             final_through_s=float(update.final_through_s),
             decode_ms=float(update.decode_ms),
+            heard_through_s=float(update.audio_end_s or self.audio_end),
         )
+        self._final_through = max(self._final_through, payload.final_through_s)
         words = payload.committed or payload.partial
         t_ref = words[-1].end_s if words else self.audio_end
         self.publish(
@@ -152,7 +175,10 @@ class AsrStage(Stage):
                 update = self.updates.get_nowait()
             except queue.Empty:
                 return
-            self._publish_update(update)
+            if update is _IDLE:
+                self._publish_idle()
+            else:
+                self._publish_update(update)
 
     def on_eos(self, msg: Message) -> None:
         self._halt.set()

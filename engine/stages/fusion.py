@@ -12,8 +12,11 @@ Stage param ``complete_windows`` (a file replayed with ``--pace fast``, clock mo
 is the *slowest* live input instead of the newest, and for the words it is the recogniser's
 ``final_through_s``, so a window is cut only once every input has delivered all it will for
 it: the transcript is in the window its words were spoken in, not late as at real-time pace.
-An input that makes no progress for ``COMPLETE_STALL_S`` (a recogniser waiting for audio the
-source holds back) no longer holds windows up: they are cut as they are due, and counted.
+An input that makes no progress for ``COMPLETE_STALL_S`` while it is idle (a recogniser that
+has decoded all it heard and waits for audio the source holds back) no longer holds windows up:
+they are cut as they are due, and counted. One that is behind (starved of CPU on a loaded
+machine, or paused) is waited for, up to ``COMPLETE_BEHIND_S`` of silence: cutting its windows
+would leave its words out of every event.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ log = logging.getLogger("sentistream.fusion")
 
 EVENT_SCHEMA = "sentistream.event/1"
 STREAM_KIND = {"face": "face_features", "audio_feat": "audio_features", "words": "words"}
-COMPLETE_STALL_S = 2.0  # wall seconds without progress before complete windows stop waiting
+COMPLETE_STALL_S = 2.0  # wall seconds without progress from an idle input before windows stop waiting
+COMPLETE_BEHIND_S = 30.0  # ... from one that is behind (or dead: the supervisor restarts it meanwhile)
 
 
 def _ms(a_ns: int, b_ns: int) -> float:
@@ -85,7 +89,7 @@ class FusionStage(Stage):
         self.complete = self.params.complete_windows and self.trigger is None
         # The voice readouts are waited for like any input (the ASR stage ends the stream at once
         # when it has no voice head, e.g. with a Whisper server).
-        self.complete_clock = CompleteClock(self.expected_inputs, COMPLETE_STALL_S)
+        self.complete_clock = CompleteClock(self.expected_inputs, COMPLETE_STALL_S, COMPLETE_BEHIND_S)
         self.face_valence: list[tuple[float, float]] = []  # (frame time, valence), newest last
         self.voice_valence: list[VoicePayload] = []
         self._stall_logged = False
@@ -128,6 +132,11 @@ class FusionStage(Stage):
             self.clock = max(self.clock, msg.t_media_s)
         elif msg.kind == "words":
             words = WordsPayload.from_meta(msg.meta, default_through_s=msg.t_media_s)
+            if words.idle:  # a heartbeat: the words are unchanged, the recogniser waits for audio
+                self.complete_clock.advance("words", words.final_through_s, time.monotonic(), words.heard_through_s)
+                if self.complete:
+                    self._emit_due()
+                return
             self.complete_clock.advance("words", words.final_through_s, time.monotonic())
             self.buffer.add_words(words.committed, words.partial, words.utterance_end)
             self.new_words.extend(words.committed)
@@ -196,7 +205,7 @@ class FusionStage(Stage):
                     "fusion: %s made no progress for %.0f s (stuck at %.2f s of stream time): "
                     "windows are cut without waiting for it until it moves (stats: stalled_windows)",
                     ", ".join(stalled),
-                    COMPLETE_STALL_S,
+                    self.complete_clock.silent_s(time.monotonic()),
                     self.complete_clock.slowest,
                 )
             self.stalled_windows += len(due)
