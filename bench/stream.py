@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .common import RESULTS, command_line, stamp, write_json
 from .stream_data import Recording, folder_recordings, mosi_streams
 from .stream_score import (
     PHASES,
+    carry_rescored,
     flip_lags,
     lag_summary,
     scored_events,
@@ -151,6 +153,30 @@ def _metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     return regression_metrics_mosi(pred, true, ndigits=4) if pred.size else {}
 
 
+def carry_sweep(recs: list[Recording], runs: dict[str, list[dict]], values: Sequence[int]) -> dict[str, Any]:
+    """Window figures and flip lag with each ``window.carry_words`` value, re-fused from the same
+    runs' readouts (bench/stream_score.py carry_rescored): the setting is chosen on std-valid."""
+    out: dict[str, Any] = {}
+    for n in values:
+        wp, wt, ph, lags, never = [], [], [], [], 0
+        for rec in recs:
+            events = carry_rescored(runs[rec.name], n)
+            p, t = window_pairs(events, rec.segments)
+            wp.append(p)
+            wt.append(t)
+            ph += window_phases(events, rec.segments)
+            lg, nv = flip_lags(events, rec.segments)
+            lags += lg
+            never += nv
+        wp_a, wt_a, phases = np.concatenate(wp), np.concatenate(wt), np.asarray(ph)
+        out[str(n)] = {
+            "window": _metrics(wp_a, wt_a),
+            "window_by_phase": {name: _metrics(wp_a[phases == name], wt_a[phases == name]) for name in PHASES},
+            "flip_lag_s": lag_summary(lags, never),
+        }
+    return out
+
+
 def score_variant(live, recs: list[Recording], runs: dict[str, list[dict]], variant: str) -> dict[str, Any]:
     wp, wt, tp, up, ut, ph = [], [], [], [], [], []
     lags, never = [], 0
@@ -197,7 +223,12 @@ def _goal_check(variant: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_suite(
-    recs: list[Recording], variants: list[str], text_context: str, folder: Path, realtime_s: float = 0.0
+    recs: list[Recording],
+    variants: list[str],
+    text_context: str,
+    folder: Path,
+    realtime_s: float = 0.0,
+    carry: Sequence[int] = (),
 ) -> dict[str, Any]:
     from ..models.live import shipped_checkpoint_path
     from .accuracy_spoken import load_live
@@ -213,6 +244,8 @@ def run_suite(
         out[variant] = score_variant(live, recs, runs, variant)
         out[variant]["wall_s"] = round(wall, 1)
         out[variant]["goals"] = _goal_check(out[variant])
+        if carry:
+            out[variant]["carry_sweep"] = carry_sweep(recs, runs, carry)
     if realtime_s > 0 and "asr" in variants:
         subset, total = [], 0.0
         for rec in recs:
@@ -257,7 +290,8 @@ def cmd_stream(args) -> int:
     with tempfile.TemporaryDirectory(prefix="sentistream-bench-stream-") as tmp:
         folder = Path(args.keep) if args.keep else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        by_context = {c: run_suite(recs, variants, c, folder, args.realtime_s) for c in contexts}
+        carry = [int(x) for x in args.carry_sweep.split(",") if x.strip()]
+        by_context = {c: run_suite(recs, variants, c, folder, args.realtime_s, carry) for c in contexts}
     result: dict[str, Any] = {
         "suite": "stream",
         "source": source,
@@ -340,6 +374,23 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{g['window_minus_utterance_acc2_points']:+.2f} |"
             )
         lines.append("")
+        for vname, v in variants.items():
+            if not v.get("carry_sweep"):
+                continue
+            lines += [
+                f"### {vname}: `window.carry_words` (re-fused from the same events)",
+                "",
+                "| carry_words | window acc2_non0 | first half | second half | pause after | flip lag p50 / p90 (s) |",
+                "|---|---|---|---|---|---|",
+            ]
+            for n, c in v["carry_sweep"].items():
+                ph, lag = c["window_by_phase"], c["flip_lag_s"]
+                lines.append(
+                    f"| {n} | {c['window'].get('acc2_non0', float('nan')):.4f} | "
+                    + " | ".join(f"{ph[k].get('acc2_non0', float('nan')):.4f}" for k in PHASES)
+                    + f" | {lag['p50']} / {lag['p90']} |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -361,6 +412,11 @@ def register(bench_subparsers) -> None:
         "--keep",
         default=None,
         help="keep each run's configs and events (JSONL) in this folder; a rerun with the same folder resumes (reuses the runs that completed: use a fresh folder after changing the code)",
+    )
+    p.add_argument(
+        "--carry-sweep",
+        default="",
+        help="comma-separated window.carry_words values to re-score the same runs with (e.g. 0,2,4,6,8)",
     )
     p.add_argument("--name", default=None, help="results file name (default stream / stream-<split>)")
     p.add_argument("--out", default=str(RESULTS), help="results folder")

@@ -130,3 +130,18 @@ def segment_agreement(
         ok = sum(1 for e in sel if (float(e["score"]) > 0) == (seg.label > 0))
         out.append((ok, len(sel)))
     return out
+
+
+def carry_rescored(events: Sequence[dict[str, Any]], full_after_words: int) -> list[dict[str, Any]]:
+    """The scored events re-fused from their own readouts with ``window.carry_words =
+    full_after_words`` (models/late_fusion.py UtteranceCarry): what the engine would have emitted
+    with that setting, since the carry changes only how the text score enters the fusion rule."""
+    from ..models.late_fusion import UtteranceCarry, fuse
+
+    carry, out = UtteranceCarry(full_after_words), []
+    for e in scored_events(events):
+        r = e.get("readouts") or {}
+        text = None if r.get("text") is None else 3.0 * float(r["text"])
+        score = fuse(carry.text_score(str(e.get("context") or ""), text), r.get("voice"), r.get("face")).score
+        out.append({**e, "score": score})
+    return out

@@ -100,9 +100,12 @@ class WindowConfig:
     text_lookback_s: float = 8.0
     # What the text model reads (docs/protocol.md, "Text context"): "utterance" = the newest
     # utterance alone, whole (the model was trained on single utterances; chosen on MOSI std-valid
-    # streams, bench/results/stream-valid.md), "lookback" = all words of the last text_lookback_s.
+    # streams, bench/results/stream-valid-context.md), "lookback" = all words of the last text_lookback_s.
     text_context: TextContext = "utterance"
     utterance_pause_s: float = 0.35  # a pause this long between two words ends an utterance
+    # Until an utterance has this many words, its text score leans on the previous utterance's
+    # (models/late_fusion.py UtteranceCarry; 0 = off). Chosen on MOSI std-valid streams.
+    carry_words: int = 4
 
 
 @dataclass
@@ -321,6 +324,8 @@ class EngineConfig:
             raise ConfigError("window: need 0 < hop_s <= length_s")
         if self.window.utterance_pause_s <= 0:
             raise ConfigError("window.utterance_pause_s must be > 0")
+        if not 0 <= self.window.carry_words <= 100:
+            raise ConfigError(f"window.carry_words must be 0..100, not {self.window.carry_words}")
         if not 0 <= self.supervisor.asr_nice <= 19:
             raise ConfigError(f"supervisor.asr_nice must be 0..19, not {self.supervisor.asr_nice}")
         for f in dataclasses.fields(self):  # every Literal field, also those set in code

@@ -59,6 +59,44 @@ def fuse(text_score: float | None, voice: float | None, face: float | None, text
     return FusedScore(score, terms)
 
 
+class UtteranceCarry:
+    """The text score of a window early in an utterance leans on the previous utterance's
+    (docs/protocol.md, "Text context"): a window that has heard only the first words of an
+    utterance reads little, while a speaker's next utterance usually keeps the sign of the last.
+
+    ``score = w * s_now + (1 - w) * s_previous`` with ``w = min(1, words heard / full_after_words)``;
+    ``s_previous`` is the score of the previous utterance, whole (the last score its context got).
+    ``full_after_words = 0``: off (the score of the words heard alone). One per session."""
+
+    def __init__(self, full_after_words: int):
+        self.full_after_words = max(0, int(full_after_words))
+        self._context = ""
+        self._score: float | None = None  # the current utterance's newest score
+        self._previous: float | None = None  # the previous utterance's last score
+        self._weight = 1.0  # of the words heard, at the last text_score call
+
+    def text_score(self, context: str, score: float | None) -> float | None:
+        """The window's text score from its context (the newest utterance's words) and the model's
+        score of that context (None: no words)."""
+        context = context.strip()
+        if context and self._context and not (context.startswith(self._context) or self._context.startswith(context)):
+            self._previous = self._score  # a new utterance began
+        if context and score is not None:
+            self._context, self._score = context, float(score)
+        self._weight = 1.0
+        if score is None or self.full_after_words <= 0 or self._previous is None:
+            return score
+        self._weight = min(1.0, len(context.split()) / self.full_after_words)
+        return self.blend(float(score))
+
+    def blend(self, score: float) -> float:
+        """Another score of the same window (an occluded one) with the weights of the last
+        ``text_score`` call."""
+        if self._weight >= 1.0 or self._previous is None:
+            return score
+        return self._weight * score + (1.0 - self._weight) * self._previous
+
+
 def occlusion_attributions(
     text_score: float | None,
     voice: float | None,

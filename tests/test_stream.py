@@ -113,9 +113,9 @@ def test_demo_clip_ground_truth(tmp_path, demo_meta):
     agree = segment_agreement(events, segs, end_s=demo_meta["duration_s"])
     for k, (ok, n) in enumerate(agree):
         assert n >= 5 and ok / n >= 0.8, (k, agree)
-    # The goal is 95 % (61 of 62 on an idle 2-core machine); 92 % here, since on a loaded machine
-    # a recogniser that stalls for COMPLETE_STALL_S lets a window or two be cut before its words.
-    assert sum(ok for ok, _ in agree) / sum(n for _, n in agree) >= 0.92, agree
+    # The goal, 95 % (59 of 62, also with two benchmarks loading the 2 cores: a recogniser that is
+    # behind is waited for, so no window is cut before its words).
+    assert sum(ok for ok, _ in agree) / sum(n for _, n in agree) >= 0.95, agree
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -158,3 +158,20 @@ def test_small_stream_follows_each_utterance(tmp_path, variant):
         == len(window_pairs(events, rec.segments)[0])
     )
     assert (res / "small.md").read_text().startswith("# bench stream")
+
+
+def test_utterance_carry_leans_on_the_previous_utterance_until_enough_words():
+    from sentistream.models.late_fusion import UtteranceCarry
+
+    off = UtteranceCarry(0)
+    assert off.text_score("i loved it", 2.0) == 2.0
+    assert off.text_score("the plot", -0.5) == -0.5  # off: the words heard alone
+    c = UtteranceCarry(4)
+    assert c.text_score("i loved", 1.0) == 1.0  # no previous utterance yet
+    assert c.text_score("i loved it so much", 2.5) == 2.5  # the same utterance grows
+    # a new utterance: 1 word of 4 heard -> 1/4 of its score, 3/4 of the previous one's last
+    assert c.text_score("the", -2.0) == pytest.approx(0.25 * -2.0 + 0.75 * 2.5)
+    assert c.blend(-1.0) == pytest.approx(0.25 * -1.0 + 0.75 * 2.5)  # an occluded score, same weights
+    assert c.text_score("the plot was dull", -2.0) == -2.0  # 4 words: its own score alone
+    assert c.text_score("", None) is None  # no words: nothing to score
+    assert c.text_score("great", 1.0) == pytest.approx(0.25 * 1.0 + 0.75 * -2.0)  # previous: "the plot was dull"

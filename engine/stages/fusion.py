@@ -25,7 +25,14 @@ import logging
 import math
 import time
 
-from ...models.late_fusion import attribution_shares, confidence, fuse, occlusion_attributions, sentiment_label
+from ...models.late_fusion import (
+    UtteranceCarry,
+    attribution_shares,
+    confidence,
+    fuse,
+    occlusion_attributions,
+    sentiment_label,
+)
 from ...payloads import FacePayload, VoicePayload, Word, WordsPayload
 from ...perception.text import BackgroundTextEncoder
 from ..messages import Message, now_ns
@@ -67,6 +74,7 @@ class FusionStage(Stage):
             utterance_pause_s=w.utterance_pause_s,
         )
         self.new_words: list[Word] = []  # committed since the previous event
+        self.carry = UtteranceCarry(w.carry_words)
         self.trigger = FrameTrigger(w.hop_s) if w.trigger == "frame" else None
         self.last_t1 = 0.0  # the newest window end scored (the closing event repeats it)
         try:
@@ -226,10 +234,13 @@ class FusionStage(Stage):
             "voice": self._voice_now(window.t0, window.t1),
             "face": self._mean_face(window.t0, window.t1),
         }
-        text_score = pred.score if has_text else None
+        context = window.context_text if pred.text is None else pred.text
+        # early in an utterance the previous one's score counts too (window.carry_words)
+        text_score = self.carry.text_score(context, pred.score if has_text else None)
+        occluded = {k: self.carry.blend(v) for k, v in pred.occluded.items()} if pred.occluded else pred.occluded
         fused = fuse(text_score, readouts["voice"], readouts["face"])
         attributions = (
-            occlusion_attributions(text_score, readouts["voice"], readouts["face"], pred.occluded)
+            occlusion_attributions(text_score, readouts["voice"], readouts["face"], occluded)
             if self.model.attribution
             else None
         )
@@ -262,7 +273,7 @@ class FusionStage(Stage):
                 {"text": w.text.strip(), "start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3)}
                 for w in self.new_words
             ],
-            "context": window.context_text if pred.text is None else pred.text,
+            "context": context,
             "model": self.model.describe(),
             "latency_ms": self._latency(t_start, t_emit, pred),
             "t_emit_ns": t_emit,
