@@ -447,6 +447,17 @@ class StreamingRecognizer:
 
     # -- decoding --
 
+    def redecode(self) -> bool:
+        """Decode the open utterance once more without waiting for new audio (True: scheduled).
+
+        A fast replay's source holds the audio back until the words it waits for are committed;
+        a second hypothesis on the same audio lets LocalAgreement commit what the two agree on."""
+        with self._lock:
+            if not self._prev_hyp:
+                return False
+            self._force_next = True
+            return True
+
     def step(self) -> AsrUpdate:
         """Decode the newest audio if enough arrived since the last decode."""
         with self._step_lock:

@@ -60,6 +60,8 @@ class AsrStage(Stage):
         self.updates: queue.Queue = queue.Queue()
         self.audio_end = 0.0
         self._final_through = 0.0  # the newest final_through_s published
+        src = self.config.source
+        self._fast_replay = src.kind in ("demo", "file") and src.pace == "fast"
         # (media time, capture ns) of each chunk's first sample: maps word times to capture times
         self._clock_map: list[tuple[float, int]] = []
         self._last_trace: dict[str, int] = {}
@@ -84,7 +86,11 @@ class AsrStage(Stage):
                 self.updates.put(update)
                 last_put = time.monotonic()
             elif time.monotonic() - last_put >= IDLE_HEARTBEAT_S:
-                self.updates.put(_IDLE)
+                # In a fast replay the source waits for these words: decode the open utterance
+                # again (LocalAgreement commits what two hypotheses agree on) before idling.
+                redecode = getattr(self.recognizer, "redecode", None)
+                if not (self._fast_replay and redecode is not None and redecode()):
+                    self.updates.put(_IDLE)
                 last_put = time.monotonic()
             if update.decode_ms <= 0:
                 self._halt.wait(0.05)  # nothing new to decode yet
