@@ -16,11 +16,26 @@ from sentistream.payloads import FacePayload, VoicePayload, Word, WordsPayload
 def test_words_payload_keeps_the_wire_keys_and_round_trips():
     p = WordsPayload([Word("great", 0.4, 0.8, 0.9)], [Word("film", 0.8, 1.1, 0.5)], True, 1.2, 35.0)
     meta = p.to_meta()
-    assert set(meta) == {"committed", "partial", "utterance_end", "final_through_s", "decode_ms"}
+    assert set(meta) == {
+        "committed",
+        "partial",
+        "utterance_end",
+        "final_through_s",
+        "decode_ms",
+        "idle",
+        "heard_through_s",
+    }
     assert meta["committed"] == [{"text": "great", "start_s": 0.4, "end_s": 0.8, "probability": 0.9}]
     # through the real wire codec (JSON header), back to the same payload
     msg = decode(Message("words", "words", 0, now_ns(), 1.1, meta=meta).encode())
     assert WordsPayload.from_meta(msg.meta) == p
+    # an idle heartbeat: no words, how far the recogniser has heard
+    beat = WordsPayload(final_through_s=1.2, idle=True, heard_through_s=7.5)
+    assert (
+        WordsPayload.from_meta(decode(Message("words", "words", 1, now_ns(), 7.5, meta=beat.to_meta()).encode()).meta)
+        == beat
+    )
+    assert WordsPayload.from_meta({"idle": "yes", "heard_through_s": "far"}).idle is False  # only a real true
 
 
 def test_malformed_words_are_dropped_not_raised():
